@@ -1,0 +1,21 @@
+"""Plain-PyTorch reference implementations: the executable specification.
+
+Every function here is differentiable with ordinary autograd and runs on any
+device; every fast backend is tested against it.
+"""
+from .edge_wigner import edge_wigner, wigner_to_dense
+from .frames import edge_frames
+from .rotate import rotate
+from .so2_linear import so2_linear
+from .so2_message import so2_message
+from .spherical_harmonics import spherical_harmonics
+
+__all__ = [
+    "edge_frames",
+    "edge_wigner",
+    "rotate",
+    "so2_linear",
+    "so2_message",
+    "spherical_harmonics",
+    "wigner_to_dense",
+]

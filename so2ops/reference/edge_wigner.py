@@ -1,0 +1,44 @@
+"""Reference ``edge_wigner``: packed Wigner-D blocks of every edge frame."""
+from __future__ import annotations
+
+import torch
+
+from ..layout import wigner_offset, wigner_size
+from ..wigner_tables import wigner_tables
+from .frames import edge_frames
+from .spherical_harmonics import spherical_harmonics
+
+
+def edge_wigner(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
+    """Wigner-D of each edge frame ``R(edge_vec / |edge_vec|)``.
+
+    Args:
+        edge_vec: ``[E, 3]`` (pos[target] - pos[source]), nonzero.
+        lmax: largest degree.
+    Returns:
+        ``[E, wigner_size(lmax)]``: for each ``l`` the block ``D^l(R)[m, m']``
+        row-major, so that ``D^l(R) @ Y^l(u) = Y^l(+y)`` for the edge direction u.
+    """
+    u = edge_vec / edge_vec.norm(dim=-1, keepdim=True)
+    frames = edge_frames(u)  # [E, 3, 3]
+    points, pinv = wigner_tables(lmax, edge_vec.dtype, edge_vec.device)
+    rotated = torch.einsum("eij,kj->eki", frames, points)  # R p_k
+    ysh = spherical_harmonics(rotated, lmax)  # [E, K, (lmax+1)^2]
+    blocks = []
+    for l in range(lmax + 1):
+        s = slice(l * l, (l + 1) ** 2)
+        # D^l[m, m'] = sum_k Y^l_m(R p_k) B_l[k, m']
+        blocks.append(torch.einsum("ekm,kn->emn", ysh[..., s], pinv[:, s]).reshape(-1, (2 * l + 1) ** 2))
+    return torch.cat(blocks, dim=-1) if blocks else edge_vec.new_zeros(edge_vec.shape[0], wigner_size(lmax))
+
+
+def wigner_to_dense(wigner: torch.Tensor, lmax: int) -> torch.Tensor:
+    """Unpack ``[E, wigner_size(lmax)]`` into block-diagonal ``[E, K, K]``, ``K=(lmax+1)**2``."""
+    e = wigner.shape[0]
+    k = (lmax + 1) ** 2
+    dense = wigner.new_zeros(e, k, k)
+    for l in range(lmax + 1):
+        n = 2 * l + 1
+        o = wigner_offset(l)
+        dense[:, l * l : l * l + n, l * l : l * l + n] = wigner[:, o : o + n * n].reshape(e, n, n)
+    return dense
