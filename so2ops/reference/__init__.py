@@ -3,7 +3,7 @@
 Every function here is differentiable with ordinary autograd and runs on any
 device; every fast backend is tested against it.
 """
-from .edge_wigner import edge_wigner, wigner_to_dense
+from .edge_wigner import edge_wigner, wigner_from_matrices, wigner_to_dense
 from .frames import edge_frames
 from .rotate import rotate
 from .so2_linear import so2_linear
@@ -17,5 +17,6 @@ __all__ = [
     "so2_linear",
     "so2_message",
     "spherical_harmonics",
+    "wigner_from_matrices",
     "wigner_to_dense",
 ]

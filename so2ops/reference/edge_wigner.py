@@ -20,8 +20,16 @@ def edge_wigner(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
         row-major, so that ``D^l(R) @ Y^l(u) = Y^l(+y)`` for the edge direction u.
     """
     u = edge_vec / edge_vec.norm(dim=-1, keepdim=True)
-    frames = edge_frames(u)  # [E, 3, 3]
-    points, pinv = wigner_tables(lmax, edge_vec.dtype, edge_vec.device)
+    return wigner_from_matrices(edge_frames(u), lmax)
+
+
+def wigner_from_matrices(frames: torch.Tensor, lmax: int) -> torch.Tensor:
+    """Packed Wigner-D ``[E, wigner_size(lmax)]`` of rotation matrices ``frames[E, 3, 3]``.
+
+    ``Y^l(R p) = D^l(R) Y^l(p)`` for every unit vector ``p`` (e3nn's basis),
+    so ``D^l(R) = [Y^l(R p_k)]_k B_l`` with the constant pseudo-inverse ``B_l``.
+    """
+    points, pinv = wigner_tables(lmax, frames.dtype, frames.device)
     rotated = torch.einsum("eij,kj->eki", frames, points)  # R p_k
     ysh = spherical_harmonics(rotated, lmax)  # [E, K, (lmax+1)^2]
     blocks = []
@@ -29,7 +37,7 @@ def edge_wigner(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
         s = slice(l * l, (l + 1) ** 2)
         # D^l[m, m'] = sum_k Y^l_m(R p_k) B_l[k, m']
         blocks.append(torch.einsum("ekm,kn->emn", ysh[..., s], pinv[:, s]).reshape(-1, (2 * l + 1) ** 2))
-    return torch.cat(blocks, dim=-1) if blocks else edge_vec.new_zeros(edge_vec.shape[0], wigner_size(lmax))
+    return torch.cat(blocks, dim=-1) if blocks else frames.new_zeros(frames.shape[0], wigner_size(lmax))
 
 
 def wigner_to_dense(wigner: torch.Tensor, lmax: int) -> torch.Tensor:
