@@ -11,7 +11,7 @@ from ..layout import coeff_index, mod_offset, num_coeffs, weight_blocks
 def gather_m(x: torch.Tensor, lmax: int, m: int) -> torch.Tensor:
     """Rows ``(l, m)`` for ``l = |m|..lmax`` of ``x[E, K, C]`` as ``[E, (lmax-|m|+1)*C]``."""
     rows = [coeff_index(l, m) for l in range(abs(m), lmax + 1)]
-    return x[:, rows, :].reshape(x.shape[0], -1)
+    return x[:, rows, :].reshape(x.shape[0], len(rows) * x.shape[2])
 
 
 def so2_linear(
