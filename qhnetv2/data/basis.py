@@ -12,6 +12,7 @@ PySCF is imported lazily: only the functions here need it.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -42,8 +43,10 @@ def element_shells(basis_name: str, atomic_number: int) -> Tuple[Shell, ...]:
     symbol = ELEMENTS[z]
     basis_name = _normalize_basis_name(basis_name)
     try:
-        mol = gto.M(atom=[(symbol, (0.0, 0.0, 0.0))], basis=basis_name,
-                    spin=z % 2, cart=False, verbose=0)
+        with warnings.catch_warnings():  # PySCF suggests installing basis-set-exchange
+            warnings.simplefilter("ignore", UserWarning)
+            mol = gto.M(atom=[(symbol, (0.0, 0.0, 0.0))], basis=basis_name,
+                        spin=z % 2, cart=False, verbose=0)
     except Exception as exc:  # PySCF raises BasisNotFoundError, KeyError, ...
         raise ValueError(f"basis {basis_name!r} has no functions for element "
                          f"{symbol} (Z={z}): {exc}") from None

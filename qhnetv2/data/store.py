@@ -50,6 +50,40 @@ def _open_env(path: str, readonly: bool, map_size: int = DEFAULT_MAP_SIZE):
     return lmdb.open(path, map_size=map_size, subdir=True, sync=True, metasync=True)
 
 
+# py-lmdb refuses to open the same environment twice in one process, so every
+# reader in a process shares one read-only handle per dataset: realpath -> (pid, env).
+_SHARED: Dict[str, Any] = {}
+
+
+def open_readonly(path: str):
+    """The process-wide read-only LMDB handle of a dataset (opened on demand).
+
+    After a fork (DataLoader workers) the inherited handle is closed and a
+    fresh one opened: LMDB handles must not cross a fork.
+    """
+    key = os.path.realpath(path)
+    entry = _SHARED.get(key)
+    if entry is not None:
+        pid, env = entry
+        if pid == os.getpid():
+            return env
+        try:  # inherited: release this process's copy of the mapping / fds
+            env.close()
+        except Exception:
+            pass
+        del _SHARED[key]
+    env = _open_env(path, readonly=True)
+    _SHARED[key] = (os.getpid(), env)
+    return env
+
+
+def release(path: str) -> None:
+    """Close the shared read-only handle of ``path`` (readers reopen lazily)."""
+    entry = _SHARED.pop(os.path.realpath(path), None)
+    if entry is not None and entry[0] == os.getpid():
+        entry[1].close()
+
+
 class DatasetWriter:
     """Writes records, failures and metadata; one transaction per call.
 
@@ -58,6 +92,7 @@ class DatasetWriter:
 
     def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE):
         self.path = path
+        release(path)  # a read-only handle in this process would block the open
         self.env = _open_env(path, readonly=False, map_size=map_size)
 
     # -- metadata ---------------------------------------------------------
@@ -142,8 +177,6 @@ class HamiltonianReader:
 
     def __init__(self, path: str, ids: Optional[List[str]] = None):
         self.path = str(path)
-        self._env = None
-        self._pid = None
         env = self._get_env()
         with env.begin() as txn:
             raw = txn.get(META_KEY)
@@ -163,16 +196,8 @@ class HamiltonianReader:
             self.ids = list(ids)
 
     def _get_env(self):
-        if self._env is None or self._pid != os.getpid():
-            self._env = _open_env(self.path, readonly=True)
-            self._pid = os.getpid()
-        return self._env
-
-    def __getstate__(self):  # do not pickle the LMDB handle
-        state = dict(self.__dict__)
-        state["_env"] = None
-        state["_pid"] = None
-        return state
+        # never cache the handle on self: it is per process (see open_readonly)
+        return open_readonly(self.path)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -194,6 +219,17 @@ class HamiltonianReader:
         record["id"] = mol_id
         return record
 
+    def read_field(self, mol_id: str, field: str):
+        """One field of one record without decoding the others (npz is lazy)."""
+        import io
+        import numpy as np
+        with self._get_env().begin() as txn:
+            raw = txn.get(mol_id.encode("utf-8"))
+        if raw is None:
+            raise KeyError(f"molecule id {mol_id!r} not in {self.path!r}")
+        with np.load(io.BytesIO(bytes(raw)), allow_pickle=False) as npz:
+            return npz[field]
+
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         for i in range(len(self)):
             yield self[i]
@@ -206,6 +242,5 @@ class HamiltonianReader:
         return self.meta["settings"]["basis"]
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        """Release the process's handle (other readers of it reopen lazily)."""
+        release(self.path)

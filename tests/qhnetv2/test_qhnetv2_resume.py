@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from qhnetv2.data import HamiltonianReader, build_dataset
-from qhnetv2.data.store import _open_env, _scan_ids
+from qhnetv2.data.store import _scan_ids, open_readonly, release
 
 from qh_helpers import REPO, water_frames, write_xyz
 
@@ -21,11 +21,10 @@ N = 14
 def _n_done(path):
     if not os.path.exists(os.path.join(path, "data.mdb")):
         return 0
-    env = _open_env(path, readonly=True)
     try:
-        records, failures = _scan_ids(env)
+        records, failures = _scan_ids(open_readonly(path))
     finally:
-        env.close()
+        release(path)
     return len(records) + len(failures)
 
 
@@ -65,6 +64,8 @@ def test_sigkill_then_resume(tmp_path):
         np.testing.assert_allclose(ra["overlap"], rb["overlap"], atol=1e-12)
         assert abs(ra["energy"] - rb["energy"]) < 1e-9
 
+    a.close()
+    b.close()
     # a third run has nothing left to do
     again = build_dataset([geo], killed, SETTINGS, workers=1, progress=False)
     assert again["n_computed"] == 0 and again["n_ok"] == N - 1

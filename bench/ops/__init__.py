@@ -1,0 +1,7 @@
+"""One module per benchmarked op; importing this package registers them.
+
+Order matters only for the report: sanity rows first (they give the measured
+peaks), then the ops from the cheapest to the fused message op.
+"""
+from . import sanity  # noqa: F401
+from . import edge_wigner, rotate, so2_linear, so2_message  # noqa: F401

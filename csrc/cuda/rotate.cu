@@ -1,0 +1,236 @@
+// rotate on CUDA: float / double, and half / bfloat16 computed in float.
+//
+// Forward and grad_x: one thread per (edge, channel) and degree (grid.y = l),
+// applying one Wigner block to one channel (so2ops/rotate.h with W = 1);
+// consecutive threads take consecutive channels, so x / out accesses
+// coalesce.  With an index grad_x scatters with atomicAdd into an
+// accumulation-dtype buffer (summation order, hence the last bits, may vary
+// between runs).  grad_wigner: one block per edge; the edge's gradient row
+// and gathered x row are staged through shared memory 32 channels at a time,
+// and each thread owns up to 4 packed entries (wigner_size(8) = 969 <= 1024).
+//
+// Index values are validated in Python; a row outside [0, N) is read as zeros
+// here (and receives no gradient) rather than read out of bounds, so no
+// device synchronisation is needed for safety.
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <type_traits>
+
+#include "so2ops/op_checks.h"
+#include "so2ops/rotate.h"
+
+namespace so2ops {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTileC = 32;          // channels per shared-memory tile
+constexpr int kTileLd = kTileC + 1;  // padded: rows land in different banks
+constexpr int kEntriesPerThread = 4;
+static_assert(kEntriesPerThread * kThreads >= kMaxWignerSize, "grad_wigner: entries per thread");
+
+__device__ __forceinline__ int64_t source_row(const int64_t* __restrict__ index, int64_t e) {
+  return index ? index[e] : e;
+}
+
+//: out[e, l, :, c] = D_e^l (or its transpose) x[src, l, :, c].
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ wig, const int64_t* __restrict__ index,
+                   int64_t E, int64_t N, int64_t C, int lmax, bool inverse, scalar_t* __restrict__ out) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= E * C) return;
+  const int l = blockIdx.y, n = 2 * l + 1, nc = num_coeffs(lmax);
+  const int64_t e = t / C, c = t - e * C;
+  const int64_t src = source_row(index, e);
+  scalar_t* o = out + (e * nc + l * l) * C + c;
+  if (src < 0 || src >= N) {
+    for (int m = 0; m < n; ++m) o[m * C] = scalar_t(0);
+    return;
+  }
+  rotate_block<1, acc_t>(wig + e * wigner_size(lmax) + wigner_offset(l), n, inverse, x + (src * nc + l * l) * C + c,
+                         C, [&](int m, int, acc_t v) { o[m * C] = static_cast<scalar_t>(v); });
+}
+
+//: grad_x[src, l, :, c] (+)= D_e^T (or D_e) grad[e, l, :, c].  kAtomic (with
+//: an index): gx is an acc_t buffer accumulated atomically; otherwise each
+//: row has a single writer and gx has the output dtype.
+template <typename scalar_t, typename acc_t, typename out_t, bool kAtomic>
+__global__ void __launch_bounds__(kThreads)
+    grad_x_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ wig,
+                  const int64_t* __restrict__ index, int64_t E, int64_t N, int64_t C, int lmax, bool inverse,
+                  out_t* __restrict__ gx) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= E * C) return;
+  const int l = blockIdx.y, n = 2 * l + 1, nc = num_coeffs(lmax);
+  const int64_t e = t / C, c = t - e * C;
+  const int64_t src = source_row(index, e);
+  if (src < 0 || src >= N) return;
+  out_t* o = gx + (src * nc + l * l) * C + c;
+  rotate_block<1, acc_t>(wig + e * wigner_size(lmax) + wigner_offset(l), n, !inverse,
+                         grad + (e * nc + l * l) * C + c, C, [&](int m, int, acc_t v) {
+                           if constexpr (kAtomic)
+                             atomicAdd(o + m * C, v);
+                           else
+                             o[m * C] = static_cast<out_t>(v);
+                         });
+}
+
+//: grad_wigner[e, p] for every packed entry p of edge e = blockIdx.x.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    grad_wigner_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                       const int64_t* __restrict__ index, int64_t N, int64_t C, int lmax, bool inverse,
+                       scalar_t* __restrict__ gw) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int nc = num_coeffs(lmax), wsize = wigner_size(lmax);
+  acc_t* gs = reinterpret_cast<acc_t*>(smem_raw);  // [nc][kTileLd]: grad[e] tile
+  acc_t* xs = gs + nc * kTileLd;                    // [nc][kTileLd]: x[src] tile
+  const int64_t e = blockIdx.x;
+  const int64_t src = source_row(index, e);
+  const bool valid = src >= 0 && src < N;
+
+  // The rows each of this thread's entries pairs up (see wgrad_rows).
+  int g_row[kEntriesPerThread], x_row[kEntriesPerThread];
+  acc_t acc[kEntriesPerThread];
+#pragma unroll
+  for (int s = 0; s < kEntriesPerThread; ++s) {
+    const int p = threadIdx.x + s * kThreads;
+    acc[s] = acc_t(0);
+    g_row[s] = x_row[s] = -1;
+    if (p < wsize) {
+      int l = 0;
+      while (p >= wigner_offset(l + 1)) ++l;
+      const int n = 2 * l + 1, idx = p - wigner_offset(l), m = idx / n;
+      int gr, xr;
+      wgrad_rows(inverse, m, idx - m * n, gr, xr);
+      g_row[s] = l * l + gr;
+      x_row[s] = l * l + xr;
+    }
+  }
+
+  const scalar_t* ge = grad + e * nc * C;
+  const scalar_t* xe = x + (valid ? src : 0) * nc * C;
+  for (int64_t c0 = 0; c0 < C; c0 += kTileC) {
+    __syncthreads();  // the previous tile is consumed
+    for (int i = threadIdx.x; i < nc * kTileC; i += kThreads) {
+      const int r = i / kTileC, cc = i - r * kTileC;
+      const int64_t c = c0 + cc;
+      const bool in = c < C;
+      gs[r * kTileLd + cc] = in ? acc_t(ge[r * C + c]) : acc_t(0);
+      xs[r * kTileLd + cc] = (in && valid) ? acc_t(xe[r * C + c]) : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < kEntriesPerThread; ++s) {
+      if (g_row[s] < 0) continue;
+      const acc_t* a = gs + g_row[s] * kTileLd;
+      const acc_t* b = xs + x_row[s] * kTileLd;
+      acc_t sum = acc_t(0);
+#pragma unroll 8
+      for (int cc = 0; cc < kTileC; ++cc) sum += a[cc] * b[cc];
+      acc[s] += sum;
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < kEntriesPerThread; ++s) {
+    const int p = threadIdx.x + s * kThreads;
+    if (p < wsize) gw[e * wsize + p] = static_cast<scalar_t>(acc[s]);
+  }
+}
+
+void check_cuda(const at::Tensor& x) { TORCH_CHECK(x.is_cuda(), "rotate (cuda): expected CUDA tensors"); }
+
+dim3 channel_grid(int64_t E, int64_t C, int lmax) {
+  const int64_t blocks = (E * C + kThreads - 1) / kThreads;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "rotate (cuda): E * C too large for one launch");
+  return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(lmax + 1));
+}
+
+at::Tensor rotate_forward_cuda(const at::Tensor& x, const at::Tensor& wigner, const std::optional<at::Tensor>& index,
+                               int64_t lmax, bool inverse) {
+  check_rotate_args(x, wigner, index, lmax);
+  check_cuda(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t E = wigner.size(0), N = x.size(0), C = x.size(2);
+  auto out = at::empty({E, x.size(1), C}, x.options());
+  if (E == 0) return out;
+  const auto xc = x.contiguous(), wc = wigner.contiguous();
+  const auto idx = index.has_value() ? index->contiguous() : at::Tensor();
+  const int64_t* idx_ptr = idx.defined() ? idx.const_data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rotate_forward_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    forward_kernel<scalar_t, acc_t><<<channel_grid(E, C, lmax), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        xc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), idx_ptr, E, N, C, static_cast<int>(lmax),
+        inverse, out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> rotate_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                        const at::Tensor& wigner,
+                                                        const std::optional<at::Tensor>& index, int64_t lmax,
+                                                        bool inverse, bool need_x, bool need_wigner) {
+  check_rotate_args(x, wigner, index, lmax);
+  check_rotate_grad(grad, x, wigner);
+  check_cuda(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t E = wigner.size(0), N = x.size(0), C = x.size(2);
+  const int l = static_cast<int>(lmax), nc = num_coeffs(l);
+  const bool gather = index.has_value();
+  at::Tensor gx = !need_x ? at::empty({0}, grad.options())
+                  : gather ? at::zeros({N, nc, C}, x.options())
+                           : at::empty({N, nc, C}, x.options());
+  at::Tensor gw = need_wigner ? at::empty({E, wigner.size(1)}, wigner.options()) : at::empty({0}, grad.options());
+  if (E == 0 || !(need_x || need_wigner)) return {gx, gw};
+  const auto gc = grad.contiguous(), xc = x.contiguous(), wc = wigner.contiguous();
+  const auto idx = gather ? index->contiguous() : at::Tensor();
+  const int64_t* idx_ptr = gather ? idx.const_data_ptr<int64_t>() : nullptr;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rotate_backward_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    if (need_x) {
+      if (!gather) {
+        grad_x_kernel<scalar_t, acc_t, scalar_t, false><<<channel_grid(E, C, l), kThreads, 0, stream>>>(
+            gc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), nullptr, E, N, C, l, inverse,
+            gx.mutable_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else {
+        // atomics on the accumulation dtype (half/bfloat16 atomics are slow and lossy)
+        at::Tensor buf = std::is_same<scalar_t, acc_t>::value
+                             ? gx
+                             : at::zeros({N, nc, C}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        grad_x_kernel<scalar_t, acc_t, acc_t, true><<<channel_grid(E, C, l), kThreads, 0, stream>>>(
+            gc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), idx_ptr, E, N, C, l, inverse,
+            buf.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (!std::is_same<scalar_t, acc_t>::value) gx.copy_(buf);
+      }
+    }
+    if (need_wigner) {
+      TORCH_CHECK(E < (int64_t(1) << 31), "rotate (cuda): too many edges for one launch");
+      const size_t smem = 2 * size_t(nc) * kTileLd * sizeof(acc_t);
+      grad_wigner_kernel<scalar_t, acc_t><<<static_cast<unsigned>(E), kThreads, smem, stream>>>(
+          gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), idx_ptr, N, C, l, inverse,
+          gw.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {gx, gw};
+}
+
+}  // namespace
+}  // namespace so2ops
+
+TORCH_LIBRARY_IMPL(so2ops_C, CUDA, m) {
+  m.impl("rotate_forward", &so2ops::rotate_forward_cuda);
+  m.impl("rotate_backward", &so2ops::rotate_backward_cuda);
+}

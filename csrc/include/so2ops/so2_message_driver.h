@@ -1,0 +1,357 @@
+// Device-agnostic tiled driver of so2_linear and so2_message.
+//
+// Forward, per tile of T edges (T chosen so the tile buffers stay within
+// Kernels::kTileBytes):
+//   A  = mod (.) D_e x[src[e]]              rotate_in      (own kernel)
+//   B_m = A_m @ Wc_m   for m = 0..mmax      at::mm         (MKL / cuBLAS)
+//   out[tgt[e]] += D_e^T B[e]               rotate_out_add (own kernel)
+// Nothing is stored for the backward, which recomputes per tile:
+//   G   = D_e g[tgt[e]]                     (rows |m| <= mmax)
+//   GA_m = G_m @ Wc_m^T                     gradient w.r.t. the modulated a'
+//   a = D_e x[src[e]]; grad_mod = sum_s a * GA; A' = mod * a; GA *= mod
+//   gWc_m += A'_m^T @ G_m                   (accumulated over tiles)
+//   Y_m = A'_m @ Wc_m; grad_wigner[e] = sum_c GA (x) x[src] + Y (x) g[tgt]
+//   grad_x[src[e]] += D_e^T GA[e]
+// so2_linear is the same code with D = identity and src = tgt = identity.
+//
+// Scatters go through a stable order of the edges by their destination when
+// they must be segmented (always on CPU, `deterministic` on CUDA): each output
+// row is then summed by one thread in a fixed order, and tiles run in
+// sequence, so the result is bitwise reproducible.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <tuple>
+#include <vector>
+
+#include "so2ops/layout.h"
+#include "so2ops/so2_message_kernels.h"
+#include "so2ops/so2_message_math.h"
+
+namespace so2ops {
+namespace driver {
+
+/// Accumulation dtype: float for half / bfloat16, the input dtype otherwise.
+inline at::ScalarType acc_type(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+/// Problem sizes of one call.
+struct Dims {
+  int lmax;
+  int mmax;
+  int64_t cin;
+  int64_t cout;
+  int64_t coeffs() const { return num_coeffs(lmax); }
+  int64_t rows() const { return so2::tile_rows(lmax, mmax); }
+  int64_t nmod() const { return so2::num_mod(lmax, mmax); }
+  /// Packed weight count (layout.weight_size).
+  int64_t weight_size() const {
+    int64_t n = 0;
+    for (int m = 0; m <= mmax; ++m) {
+      const int64_t L = so2::num_l(lmax, m);
+      n += so2::num_signs(m) * L * cout * L * cin;
+    }
+    return n;
+  }
+};
+
+/// Metadata checks shared by every entry point (the Python wrappers check the
+/// same, but the C++ ops must be safe when called directly).
+inline void check_so2_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                             const c10::optional<at::Tensor>& mod, int64_t lmax, int64_t mmax, int64_t cout,
+                             int64_t num_edges) {
+  TORCH_CHECK(lmax >= 0 && lmax <= kLmaxSupported, op, ": lmax=", lmax, " must be in [0, ", kLmaxSupported, "]");
+  TORCH_CHECK(mmax >= 0 && mmax <= lmax, op, ": mmax=", mmax, " must be in [0, lmax=", lmax, "]");
+  TORCH_CHECK(cout >= 1, op, ": out_channels must be >= 1, got ", cout);
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == num_coeffs(int(lmax)) && x.size(2) >= 1, op,
+              ": x must be [*, (lmax+1)^2, C>=1], got ", x.sizes());
+  const Dims d{int(lmax), int(mmax), x.size(2), cout};
+  TORCH_CHECK(weight.dim() == 1 && weight.numel() == d.weight_size(), op, ": weight must be [",
+              d.weight_size(), "], got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() && weight.device() == x.device(), op,
+              ": weight must match x in dtype and device");
+  if (mod.has_value() && mod->defined()) {
+    TORCH_CHECK(mod->dim() == 3 && mod->size(0) == num_edges && mod->size(1) == d.nmod() && mod->size(2) == d.cin,
+                op, ": modulation must be [", num_edges, ", ", d.nmod(), ", ", d.cin, "], got ", mod->sizes());
+    TORCH_CHECK(mod->scalar_type() == x.scalar_type() && mod->device() == x.device(), op,
+                ": modulation must match x in dtype and device");
+  }
+}
+
+/// Checks of so2_message's extra inputs.
+inline void check_message_inputs(const at::Tensor& x, const at::Tensor& wigner, const at::Tensor& edge_index,
+                                 int64_t lmax) {
+  TORCH_CHECK(wigner.dim() == 2 && wigner.size(1) == wigner_size(int(lmax)),
+              "so2_message: wigner must be [E, ", wigner_size(int(lmax)), "], got ", wigner.sizes());
+  TORCH_CHECK(wigner.scalar_type() == x.scalar_type() && wigner.device() == x.device(),
+              "so2_message: wigner must match x in dtype and device");
+  TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2 && edge_index.size(1) == wigner.size(0),
+              "so2_message: edge_index must be [2, E=", wigner.size(0), "], got ", edge_index.sizes());
+  TORCH_CHECK(edge_index.scalar_type() == at::kLong && edge_index.device() == x.device(),
+              "so2_message: edge_index must be int64 on the device of x");
+}
+
+/// Optional tensor -> contiguous tensor or undefined.
+inline at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t->contiguous() : at::Tensor();
+}
+
+/// Per-order combined weights Wc_m in dtype `acc`: Wc_0 = W0^T [L0*Cin, L0*Cout],
+/// Wc_m = [[W1^T, W2^T], [-W2^T, W1^T]] [2*Lm*Cin, 2*Lm*Cout].
+inline std::vector<at::Tensor> combine_weights(const at::Tensor& weight, const Dims& d, at::ScalarType acc) {
+  std::vector<at::Tensor> wc;
+  const at::Tensor w = weight.to(acc);
+  int64_t off = 0;
+  auto take = [&](int64_t rows, int64_t cols) {
+    at::Tensor b = w.narrow(0, off, rows * cols).view({rows, cols});
+    off += rows * cols;
+    return b;
+  };
+  for (int m = 0; m <= d.mmax; ++m) {
+    const int64_t L = so2::num_l(d.lmax, m);
+    if (m == 0) {
+      wc.push_back(take(L * d.cout, L * d.cin).t().contiguous());
+      continue;
+    }
+    const at::Tensor w1t = take(L * d.cout, L * d.cin).t();
+    const at::Tensor w2t = take(L * d.cout, L * d.cin).t();
+    wc.push_back(at::cat({at::cat({w1t, w2t}, 1), at::cat({-w2t, w1t}, 1)}, 0).contiguous());
+  }
+  return wc;
+}
+
+/// Gradients of the combined weights -> packed weight gradient (dtype `out`).
+inline at::Tensor fold_weight_grads(const std::vector<at::Tensor>& gwc, const Dims& d, at::ScalarType out) {
+  std::vector<at::Tensor> parts;
+  for (int m = 0; m <= d.mmax; ++m) {
+    const at::Tensor& g = gwc[m];
+    if (m == 0) {
+      parts.push_back(g.t().reshape(-1));
+      continue;
+    }
+    const int64_t ri = so2::num_l(d.lmax, m) * d.cin, co = so2::num_l(d.lmax, m) * d.cout;
+    const at::Tensor p = g.narrow(0, 0, ri).narrow(1, 0, co), q = g.narrow(0, 0, ri).narrow(1, co, co);
+    const at::Tensor r = g.narrow(0, ri, ri).narrow(1, 0, co), s = g.narrow(0, ri, ri).narrow(1, co, co);
+    parts.push_back((p + s).t().reshape(-1));  // d/dW1: W1^T appears at (+,+) and (-,-)
+    parts.push_back((q - r).t().reshape(-1));  // d/dW2: +W2^T at (+,-), -W2^T at (-,+)
+  }
+  return at::cat(parts, 0).to(out);
+}
+
+/// Block m of a tile buffer as a contiguous [count, ns*L*C] matrix.
+inline at::Tensor tile_block(const at::Tensor& buf, int64_t count, int64_t C, int lmax, int m) {
+  const int64_t width = so2::num_signs(m) * so2::num_l(lmax, m) * C;
+  return buf.narrow(0, count * C * so2::block_coeff_offset(lmax, m), count * width).view({count, width});
+}
+
+/// Edges per tile: as many as fit `budget` bytes, at least `min_tile`, at most E.
+/// SO2OPS_TILE_EDGES=<n> forces n edges per tile (tests use it to exercise
+/// tile boundaries, e.g. destination segments split across tiles).
+inline int64_t tile_edges(int64_t E, int64_t bytes_per_edge, int64_t budget, int64_t min_tile) {
+  int64_t t = std::max<int64_t>(min_tile, budget / std::max<int64_t>(1, bytes_per_edge));
+  if (const char* forced = std::getenv("SO2OPS_TILE_EDGES")) {
+    const long long v = std::atoll(forced);
+    if (v > 0) t = int64_t(v);
+  }
+  return std::max<int64_t>(1, std::min<int64_t>(E, t));
+}
+
+/// out_acc[n_out, K, cout] (+)= sum over edges of D^T SO2Lin(mod (.) D feat[src]) scattered to tgt.
+/// `perm` orders the edges by tgt when `segmented` (may be undefined for identity tgt).
+template <class K>
+void tiled_forward(const at::Tensor& x, const at::Tensor& wigner, const int64_t* src, const int64_t* tgt,
+                   const at::Tensor& perm, int64_t E, const at::Tensor& weight, const at::Tensor& mod, const Dims& d,
+                   bool segmented, at::Tensor& out_acc) {
+  if (E == 0) return;
+  const at::ScalarType acc = out_acc.scalar_type();
+  const std::vector<at::Tensor> wc = combine_weights(weight, d, acc);
+  const int64_t R = d.rows();
+  const int64_t T = tile_edges(E, R * (d.cin + d.cout) * int64_t(c10::elementSize(acc)), K::kTileBytes, K::kMinTile);
+  const auto opts = x.options().dtype(acc);
+  at::Tensor a = at::empty({T * R * d.cin}, opts);
+  at::Tensor b = at::empty({T * R * d.cout}, opts);
+  const int64_t* perm_ptr = perm.defined() ? perm.data_ptr<int64_t>() : nullptr;
+  for (int64_t p0 = 0; p0 < E; p0 += T) {
+    const TileSpec spec{d.lmax, d.mmax, p0, std::min(T, E - p0), perm_ptr};
+    K::rotate_in(spec, x, src, wigner, mod, a);
+    for (int m = 0; m <= d.mmax; ++m) {
+      at::Tensor bm = tile_block(b, spec.count, d.cout, d.lmax, m);
+      at::mm_out(bm, tile_block(a, spec.count, d.cin, d.lmax, m), wc[m]);
+    }
+    K::rotate_out_add(spec, b, tgt, wigner, out_acc, segmented);
+  }
+}
+
+/// Gradient buffers of the backward; undefined members are not wanted.
+struct Grads {
+  at::Tensor x_acc;              // [n_src, K, cin] accumulation dtype, zero-initialised
+  at::Tensor wigner;             // [E, P] every entry written
+  std::vector<at::Tensor> wc;    // per-order combined weight gradients (accumulation dtype, zeros)
+  at::Tensor mod;                // [E, nmod, cin] every entry written
+};
+
+/// Backward of tiled_forward; `perm` orders the edges by src when `segmented`.
+template <class K>
+void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& wigner, const int64_t* src,
+                    const int64_t* tgt, const at::Tensor& perm, int64_t E, const at::Tensor& weight,
+                    const at::Tensor& mod, const Dims& d, bool segmented, at::ScalarType acc, Grads& out) {
+  if (E == 0) return;
+  const bool need_x = out.x_acc.defined(), need_wig = out.wigner.defined();
+  const bool need_w = !out.wc.empty(), need_mod = out.mod.defined();
+  const bool has_mod = mod.defined();
+  const bool need_ga = need_x || need_wig || need_mod;   // gradient w.r.t. the rotated input
+  const bool need_a = need_w || need_wig;                // the (modulated) rotated input itself
+  if (!need_ga && !need_w) return;
+  const std::vector<at::Tensor> wc = combine_weights(weight, d, acc);
+  const int64_t R = d.rows();
+  const int64_t per_edge = R * (2 * d.cin + 2 * d.cout) * int64_t(c10::elementSize(acc));
+  const int64_t T = tile_edges(E, per_edge, K::kTileBytes, K::kMinTile);
+  const auto opts = x.options().dtype(acc);
+  at::Tensor g_t = at::empty({T * R * d.cout}, opts);
+  at::Tensor ga_t = need_ga ? at::empty({T * R * d.cin}, opts) : at::Tensor();
+  at::Tensor a_t = need_a ? at::empty({T * R * d.cin}, opts) : at::Tensor();
+  at::Tensor y_t = need_wig ? at::empty({T * R * d.cout}, opts) : at::Tensor();
+  at::Tensor no_a;
+  const at::Tensor none;
+  const int64_t* perm_ptr = perm.defined() ? perm.data_ptr<int64_t>() : nullptr;
+  for (int64_t p0 = 0; p0 < E; p0 += T) {
+    const TileSpec spec{d.lmax, d.mmax, p0, std::min(T, E - p0), perm_ptr};
+    const int64_t n = spec.count;
+    K::rotate_in(spec, grad, tgt, wigner, none, g_t);
+    if (need_ga) {
+      for (int m = 0; m <= d.mmax; ++m) {
+        at::Tensor gam = tile_block(ga_t, n, d.cin, d.lmax, m);
+        at::mm_out(gam, tile_block(g_t, n, d.cout, d.lmax, m), wc[m].t());
+      }
+    }
+    if (has_mod && need_ga) {
+      // Fused: A' = mod * a, grad_mod, and GA <- GA * mod (the gradient w.r.t. a).
+      K::rotate_in_backward(spec, x, src, wigner, mod, need_a ? a_t : no_a, ga_t, out.mod);
+    } else if (need_a) {
+      K::rotate_in(spec, x, src, wigner, mod, a_t);
+    }
+    for (int m = 0; m <= d.mmax && (need_w || need_wig); ++m) {
+      const at::Tensor am = tile_block(a_t, n, d.cin, d.lmax, m);
+      const at::Tensor gm = tile_block(g_t, n, d.cout, d.lmax, m);
+      if (need_w) out.wc[m].addmm_(am.t(), gm);
+      if (need_wig) {
+        at::Tensor ym = tile_block(y_t, n, d.cout, d.lmax, m);
+        at::mm_out(ym, am, wc[m]);
+      }
+    }
+    if (need_wig) K::wigner_grad(spec, ga_t, x, src, y_t, grad, tgt, out.wigner);
+    if (need_x) K::rotate_out_add(spec, ga_t, src, wigner, out.x_acc, segmented);
+  }
+}
+
+// ----------------------------------------------------------------- entry points
+
+/// so2_message forward on backend K (inputs already on K's device).
+template <class K>
+at::Tensor message_forward(const at::Tensor& x_in, const at::Tensor& wigner_in, const at::Tensor& edge_index_in,
+                           const at::Tensor& weight_in, const c10::optional<at::Tensor>& mod_in, int64_t lmax,
+                           int64_t mmax, int64_t cout, bool deterministic) {
+  check_so2_inputs("so2_message", x_in, weight_in, mod_in, lmax, mmax, cout, wigner_in.size(0));
+  check_message_inputs(x_in, wigner_in, edge_index_in, lmax);
+  const at::Tensor x = x_in.contiguous(), wigner = wigner_in.contiguous(), ei = edge_index_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous(), mod = defined_or_empty(mod_in);
+  const Dims d{int(lmax), int(mmax), x.size(2), cout};
+  const int64_t N = x.size(0), E = wigner.size(0);
+  const at::ScalarType acc = acc_type(x.scalar_type());
+  at::Tensor out = at::zeros({N, d.coeffs(), cout}, x.options().dtype(acc));
+  if (E == 0) return out.to(x.scalar_type());
+  const bool segmented = K::kAlwaysSegmented || deterministic;
+  const at::Tensor tgt_row = ei.select(0, 1);
+  const at::Tensor perm = segmented ? K::sort_by(tgt_row, N) : at::Tensor();
+  const int64_t* src = ei.data_ptr<int64_t>();
+  tiled_forward<K>(x, wigner, src, src + E, perm, E, weight, mod, d, segmented, out);
+  return out.to(x.scalar_type());
+}
+
+/// so2_message backward on backend K.
+template <class K>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> message_backward(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& wigner_in, const at::Tensor& edge_index_in,
+    const at::Tensor& weight_in, const c10::optional<at::Tensor>& mod_in, int64_t lmax, int64_t mmax, int64_t cout,
+    bool deterministic, bool need_x, bool need_wigner, bool need_weight, bool need_mod) {
+  check_so2_inputs("so2_message_backward", x_in, weight_in, mod_in, lmax, mmax, cout, wigner_in.size(0));
+  check_message_inputs(x_in, wigner_in, edge_index_in, lmax);
+  TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == x_in.size(0) && grad_in.size(1) == x_in.size(1) &&
+                  grad_in.size(2) == cout && grad_in.device() == x_in.device(),
+              "so2_message_backward: grad must be [", x_in.size(0), ", ", x_in.size(1), ", ", cout, "], got ",
+              grad_in.sizes());
+  const at::Tensor x = x_in.contiguous(), wigner = wigner_in.contiguous(), ei = edge_index_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous(), mod = defined_or_empty(mod_in);
+  const at::Tensor grad = grad_in.to(x.scalar_type()).contiguous();
+  const Dims d{int(lmax), int(mmax), x.size(2), cout};
+  const int64_t N = x.size(0), E = wigner.size(0);
+  const at::ScalarType acc = acc_type(x.scalar_type());
+  need_mod = need_mod && mod.defined();
+  Grads g;
+  if (need_x) g.x_acc = at::zeros({N, d.coeffs(), d.cin}, x.options().dtype(acc));
+  if (need_wigner) g.wigner = (E == 0) ? at::zeros_like(wigner) : at::empty_like(wigner);
+  if (need_weight) {
+    const std::vector<at::Tensor> shapes = combine_weights(weight, d, acc);
+    for (const at::Tensor& s : shapes) g.wc.push_back(at::zeros_like(s));
+  }
+  if (need_mod) g.mod = (E == 0) ? at::zeros_like(mod) : at::empty_like(mod);
+  const bool segmented = need_x && (K::kAlwaysSegmented || deterministic);
+  const int64_t* src = ei.data_ptr<int64_t>();
+  const at::Tensor perm = (segmented && E > 0) ? K::sort_by(ei.select(0, 0), N) : at::Tensor();
+  tiled_backward<K>(grad, x, wigner, src, src + E, perm, E, weight, mod, d, segmented, acc, g);
+  const at::Tensor empty = grad.new_empty({0});
+  return {need_x ? g.x_acc.to(x.scalar_type()) : empty, need_wigner ? g.wigner : empty,
+          need_weight ? fold_weight_grads(g.wc, d, weight.scalar_type()) : empty, need_mod ? g.mod : empty};
+}
+
+/// so2_linear forward on backend K.
+template <class K>
+at::Tensor linear_forward(const at::Tensor& x_in, const at::Tensor& weight_in, const c10::optional<at::Tensor>& mod_in,
+                          int64_t lmax, int64_t mmax, int64_t cout) {
+  check_so2_inputs("so2_linear", x_in, weight_in, mod_in, lmax, mmax, cout, x_in.size(0));
+  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), mod = defined_or_empty(mod_in);
+  const Dims d{int(lmax), int(mmax), x.size(2), cout};
+  const int64_t E = x.size(0);
+  at::Tensor out = at::zeros({E, d.coeffs(), cout}, x.options().dtype(acc_type(x.scalar_type())));
+  tiled_forward<K>(x, at::Tensor(), nullptr, nullptr, at::Tensor(), E, weight, mod, d, /*segmented=*/true, out);
+  return out.to(x.scalar_type());
+}
+
+/// so2_linear backward on backend K.
+template <class K>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                               const at::Tensor& weight_in,
+                                                               const c10::optional<at::Tensor>& mod_in, int64_t lmax,
+                                                               int64_t mmax, int64_t cout, bool need_x,
+                                                               bool need_weight, bool need_mod) {
+  check_so2_inputs("so2_linear_backward", x_in, weight_in, mod_in, lmax, mmax, cout, x_in.size(0));
+  TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == x_in.size(0) && grad_in.size(1) == x_in.size(1) &&
+                  grad_in.size(2) == cout && grad_in.device() == x_in.device(),
+              "so2_linear_backward: grad must be [", x_in.size(0), ", ", x_in.size(1), ", ", cout, "], got ",
+              grad_in.sizes());
+  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), mod = defined_or_empty(mod_in);
+  const at::Tensor grad = grad_in.to(x.scalar_type()).contiguous();
+  const Dims d{int(lmax), int(mmax), x.size(2), cout};
+  const int64_t E = x.size(0);
+  const at::ScalarType acc = acc_type(x.scalar_type());
+  need_mod = need_mod && mod.defined();
+  Grads g;
+  if (need_x) g.x_acc = at::zeros({E, d.coeffs(), d.cin}, x.options().dtype(acc));
+  if (need_weight) {
+    const std::vector<at::Tensor> shapes = combine_weights(weight, d, acc);
+    for (const at::Tensor& s : shapes) g.wc.push_back(at::zeros_like(s));
+  }
+  if (need_mod) g.mod = (E == 0) ? at::zeros_like(mod) : at::empty_like(mod);
+  tiled_backward<K>(grad, x, at::Tensor(), nullptr, nullptr, at::Tensor(), E, weight, mod, d, /*segmented=*/true, acc,
+                    g);
+  const at::Tensor empty = grad.new_empty({0});
+  return {need_x ? g.x_acc.to(x.scalar_type()) : empty,
+          need_weight ? fold_weight_grads(g.wc, d, weight.scalar_type()) : empty, need_mod ? g.mod : empty};
+}
+
+}  // namespace driver
+}  // namespace so2ops

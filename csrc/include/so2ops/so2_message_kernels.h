@@ -1,0 +1,74 @@
+// The four tile kernels of so2_linear / so2_message, one set per device.
+//
+// The tiled driver (so2_message_driver.h) is written once against this
+// interface; CpuKernels is defined in csrc/cpu/so2_message.cpp (OpenMP through
+// at::parallel_for), CudaKernels in csrc/cuda/so2_message.cu.  The GEMMs in
+// between are at::mm on views of the tile buffers (MKL / cuBLAS).
+//
+// Conventions shared by every kernel:
+// * A tile covers positions [p0, p0 + count) of an edge order: the edge at
+//   position p is perm[p] (identity when perm is null).
+// * `idx` maps an edge to a row of a node tensor (source or target); null
+//   means the identity (so2_linear: edge e reads / writes row e).
+// * An undefined `wigner` means D = identity (so2_linear); otherwise it is
+//   [E, wigner_size(lmax)] packed blocks indexed by the edge id.
+// * Tiles are flat buffers in the accumulation dtype with the m-major layout
+//   of so2_message_math.h.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <stdint.h>
+
+namespace so2ops {
+
+/// Which edges a tile covers.
+struct TileSpec {
+  int lmax;
+  int mmax;
+  int64_t p0;           // first position of the tile in the edge order
+  int64_t count;        // number of edges in the tile
+  const int64_t* perm;  // [E] edge id at each position, or nullptr (identity)
+};
+
+// Each backend provides the same static interface.
+#define SO2OPS_DECLARE_TILE_KERNELS                                                                              \
+  /* tile <- (mod (.)) D_e feat[idx[e]]  (rows |m| <= mmax only). */                                            \
+  static void rotate_in(const TileSpec& spec, const at::Tensor& feat, const int64_t* idx, const at::Tensor& wigner, \
+                        const at::Tensor& mod, at::Tensor& tile);                                                \
+  /* Backward companion with modulation, per edge and pair (m, l, c):                                        */ \
+  /*   a = D_e x[idx[e]];  grad_mod = sum_s a_s * ga_s;  a_tile = mod * a;  ga <- ga * mod                     */ \
+  /* a_tile / grad_mod may be undefined (not needed); ga is updated in place.                                 */ \
+  static void rotate_in_backward(const TileSpec& spec, const at::Tensor& x, const int64_t* idx,                 \
+                                 const at::Tensor& wigner, const at::Tensor& mod, at::Tensor& a_tile,           \
+                                 at::Tensor& ga_tile, at::Tensor& grad_mod);                                    \
+  /* out[idx[e]] += D_e^T tile[e].  segmented: positions of the tile are sorted by idx and each output row is */ \
+  /* summed by one thread in position order (deterministic); otherwise atomics.                               */ \
+  static void rotate_out_add(const TileSpec& spec, const at::Tensor& tile, const int64_t* idx,                  \
+                             const at::Tensor& wigner, at::Tensor& out, bool segmented);                        \
+  /* grad_wigner[e, (l,i,j)] = sum_c ga[e,(l,i),c] x[src[e],(l,j),c] + y[e,(l,i),c] g[tgt[e],(l,j),c]          */ \
+  /* for rows |m_i| <= mmax, 0 elsewhere.                                                                     */ \
+  static void wigner_grad(const TileSpec& spec, const at::Tensor& ga, const at::Tensor& x, const int64_t* src,  \
+                          const at::Tensor& y, const at::Tensor& g, const int64_t* tgt, at::Tensor& grad_wigner); \
+  /* Stable order of the edges by key (a row of edge_index, values in [0, n)): [E] int64 on the key's device. */ \
+  static at::Tensor sort_by(const at::Tensor& key, int64_t n);
+
+/// CPU: scatters are always segmented (no atomics), hence always deterministic.
+struct CpuKernels {
+  static constexpr bool kAlwaysSegmented = true;
+  static constexpr int64_t kTileBytes = int64_t(3) << 20;  // keep the tile working set near L2
+  static constexpr int64_t kMinTile = 16;
+  SO2OPS_DECLARE_TILE_KERNELS
+};
+
+/// CUDA: atomics unless `deterministic`; half / bfloat16 accumulate in float.
+struct CudaKernels {
+  static constexpr bool kAlwaysSegmented = false;
+  static constexpr int64_t kTileBytes = int64_t(128) << 20;
+  static constexpr int64_t kMinTile = 256;
+  SO2OPS_DECLARE_TILE_KERNELS
+};
+
+#undef SO2OPS_DECLARE_TILE_KERNELS
+
+}  // namespace so2ops

@@ -1,0 +1,58 @@
+// so2ops._C: the op schemas of every compiled kernel, and a tiny Python module.
+//
+// The schemas live here, in one place; each kernel file registers its CPU or
+// CUDA implementation with TORCH_LIBRARY_IMPL(so2ops_C, ...).  Python calls
+// them as torch.ops.so2ops_C.<name> (so2ops/ops/*.py), after importing this
+// module, whose static initialisers perform the registrations.
+//
+// Built by setup.py (torch.utils.cpp_extension defines TORCH_EXTENSION_NAME)
+// this file also defines the pybind11 module; built by CMake as a plain
+// libtorch library (SO2OPS_BUILD_TORCH_LIB) it only holds the schemas.
+#include <torch/library.h>
+
+#include "so2ops/layout.h"
+
+TORCH_LIBRARY(so2ops_C, m) {
+  m.def("edge_wigner_forward(Tensor edge_vec, Tensor points, Tensor pinv, int lmax) -> Tensor");
+  m.def("edge_wigner_backward(Tensor grad, Tensor edge_vec, Tensor points, Tensor pinv, int lmax) -> Tensor");
+  m.def("rotate_forward(Tensor x, Tensor wigner, Tensor? index, int lmax, bool inverse) -> Tensor");
+  m.def(
+      "rotate_backward(Tensor grad, Tensor x, Tensor wigner, Tensor? index, int lmax, bool inverse, "
+      "bool need_x, bool need_wigner) -> (Tensor, Tensor)");
+  m.def(
+      "so2_linear_forward(Tensor x, Tensor weight, Tensor? modulation, int lmax, int mmax, int out_channels) "
+      "-> Tensor");
+  m.def(
+      "so2_linear_backward(Tensor grad, Tensor x, Tensor weight, Tensor? modulation, int lmax, int mmax, "
+      "int out_channels, bool need_x, bool need_weight, bool need_mod) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "so2_message_forward(Tensor x, Tensor wigner, Tensor edge_index, Tensor weight, Tensor? modulation, "
+      "int lmax, int mmax, int out_channels, bool deterministic) -> Tensor");
+  m.def(
+      "so2_message_backward(Tensor grad, Tensor x, Tensor wigner, Tensor edge_index, Tensor weight, "
+      "Tensor? modulation, int lmax, int mmax, int out_channels, bool deterministic, bool need_x, "
+      "bool need_wigner, bool need_weight, bool need_mod) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+#ifdef TORCH_EXTENSION_NAME
+#include <pybind11/pybind11.h>
+
+namespace {
+
+bool compiled_with_cuda() {
+#ifdef SO2OPS_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "so2ops compiled kernels; the ops themselves are torch.ops.so2ops_C.*";
+  m.def("compiled_with_cuda", &compiled_with_cuda, "True when the CUDA kernels were built into this extension.");
+  m.def("lmax_supported", []() { return so2ops::kLmaxSupported; },
+        "Largest degree lmax the compiled kernels accept (so2ops.layout.LMAX_SUPPORTED).");
+}
+#endif
