@@ -19,6 +19,11 @@ TOLERANCES = {
 }
 
 
+#: gradcheck's fast mode (one random projection instead of the full Jacobian) for the
+#: Triton interpreter, where every kernel launch costs seconds.
+FAST = {"reference": False, "cpu": False, "cuda": False, "triton": True}
+
+
 def backend_params():
     """pytest params ``(backend, device)`` for every fast backend; not runnable ones are skipped with the reason."""
     params = []

@@ -7,7 +7,7 @@ import so2ops
 from so2ops.layout import wigner_offset
 from so2ops.reference import edge_frames, spherical_harmonics, wigner_from_matrices, wigner_to_dense
 
-from _helpers import assert_close, backend_params, random_edges, require
+from _helpers import FAST, assert_close, backend_params, random_edges, require
 
 F64 = torch.float64
 
@@ -114,17 +114,22 @@ def test_backend_matches_reference(backend, device, dtype, lmax, num_edges):
     assert actual.shape == expected.shape
     assert_close(actual, expected, dtype, "edge_wigner")
     g = torch.randn_like(expected)
-    (expected * g).sum().backward()
     (actual * g).sum().backward()
+    if lmax == 0:  # D^0 = 1 does not depend on the edge: the gradient is exactly zero
+        assert v2.grad is None or v2.grad.abs().max() == 0
+        return
+    (expected * g).sum().backward()
     assert_close(v2.grad, v1.grad, dtype, "grad edge_vec")
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
 def test_backend_gradcheck(backend, device):
     require(backend, device)
-    v = random_edges(8, F64, device, torch.Generator().manual_seed(3)).requires_grad_(True)
+    # +-y and 1e-9 off it, but not the chart seam y = 0, where D itself jumps by a roll
+    v = random_edges(8, F64, device, torch.Generator().manual_seed(3))
+    v[4, 1] = 0.25
     with so2ops.use_backend(backend):
-        assert torch.autograd.gradcheck(lambda t: so2ops.edge_wigner(t, 3), (v,))
+        assert torch.autograd.gradcheck(lambda t: so2ops.edge_wigner(t, 3), (v.requires_grad_(True),), fast_mode=FAST[backend])
 
 
 @pytest.mark.parametrize("backend", ["reference"] + [b for b in ("cpu",)])

@@ -4,7 +4,7 @@ import torch
 
 import so2ops
 
-from _helpers import assert_close, backend_params, message_inputs, require
+from _helpers import FAST, assert_close, backend_params, message_inputs, require
 
 F64 = torch.float64
 
@@ -57,7 +57,7 @@ def test_backend_gradcheck(backend, device, inverse):
     x.requires_grad_(True)
     wig.requires_grad_(True)
     with so2ops.use_backend(backend):
-        assert torch.autograd.gradcheck(lambda a, b: so2ops.rotate(a, b, 2, ei[0], inverse), (x, wig))
+        assert torch.autograd.gradcheck(lambda a, b: so2ops.rotate(a, b, 2, ei[0], inverse), (x, wig), fast_mode=FAST[backend])
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

@@ -46,7 +46,7 @@ def _store_row(out_ptr, row_base, y, pinv_ptr, k, mk, L: tl.constexpr, M: tl.con
                me, NPM: tl.constexpr):
     """``out[e, woff(l) + (m+l)*(2l+1) + m'] = sum_k y[e, k] * pinv[k, l*l+l+m']`` for all ``m'``."""
     n: tl.constexpr = 2 * L + 1
-    j = tl.arange(0, NPM)
+    j = tl.arange(0, NPM).to(tl.int64)
     mj = j < n
     b = tl.load(pinv_ptr + k[:, None] * NCOEF + L * L + j[None, :], mask=mk[:, None] & mj[None, :], other=0.0)
     row = tl.sum(y[:, :, None] * b[None, :, :].to(y.dtype), axis=1)  # [BE, NPM]
@@ -62,7 +62,7 @@ def _edge_wigner_fwd_kernel(
     KP: tl.constexpr = _pow2(NPTS)
     NCOEF: tl.constexpr = (LMAX + 1) * (LMAX + 1)
     NPM: tl.constexpr = _pow2(2 * LMAX + 1)
-    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
     me = e < E
     e64 = e.to(tl.int64)
     # masked lanes read (0, 1, 0): a valid unit vector, so no 0/0 anywhere
@@ -87,7 +87,7 @@ def _edge_wigner_fwd_kernel(
     r21 = -b * sign
     r22 = c + a * a * inv
     # rotated sample points R p_k: [BLOCK_E, KP]
-    k = tl.arange(0, KP)
+    k = tl.arange(0, KP).to(tl.int64)
     mk = k < NPTS
     px = tl.load(pts_ptr + k * 3 + 0, mask=mk, other=0.0).to(ACC)[None, :]
     py = tl.load(pts_ptr + k * 3 + 1, mask=mk, other=0.0).to(ACC)[None, :]

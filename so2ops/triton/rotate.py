@@ -43,9 +43,9 @@ def tl_acc(dtype: torch.dtype):
 @triton.jit
 def _degree_of_row(r, LMAX: tl.constexpr):
     """Degree ``l`` of l-major row ``r`` (``l*l <= r < (l+1)**2``), for ``r`` a tensor."""
-    l = tl.zeros(r.shape, tl.int32)
+    l = tl.zeros(r.shape, tl.int64)
     for k in tl.static_range(1, LMAX + 1):
-        l += (r >= k * k).to(tl.int32)
+        l += (r >= k * k).to(tl.int64)
     return l
 
 
@@ -57,9 +57,9 @@ def _rotate_kernel(
 ):
     K: tl.constexpr = (LMAX + 1) * (LMAX + 1)
     P: tl.constexpr = _woff(LMAX + 1)
-    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
+    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
     me, mr, mc = e < E, r < K, c < C
     e64 = e.to(tl.int64)
     if GATHER:
@@ -101,8 +101,8 @@ def _rotate_grad_wigner_kernel(
 ):
     K: tl.constexpr = (LMAX + 1) * (LMAX + 1)
     P: tl.constexpr = _woff(LMAX + 1)
-    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
     me, mp = e < E, p < P
     e64 = e.to(tl.int64)
     if A_GATHER:
@@ -114,9 +114,9 @@ def _rotate_grad_wigner_kernel(
     else:
         ib = e64
     # packed index p -> (l, m+l, m'+l)
-    l = tl.zeros(p.shape, tl.int32)
+    l = tl.zeros(p.shape, tl.int64)
     for k in tl.static_range(1, LMAX + 1):
-        l += (p >= _woff(k)).to(tl.int32)
+        l += (p >= _woff(k)).to(tl.int64)
     n = 2 * l + 1
     q = p - l * (2 * l - 1) * (2 * l + 1) // 3
     row_a = l * l + q // n
@@ -124,7 +124,7 @@ def _rotate_grad_wigner_kernel(
     m_ep = me[:, None, None] & mp[None, :, None]
     acc = tl.zeros((BLOCK_E, BLOCK_P), ACC)
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
+        c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         msk = m_ep & (c < C)[None, None, :]
         av = tl.load(a_ptr + ia[:, None, None] * (K * C) + (row_a * C)[None, :, None] + c[None, None, :], mask=msk, other=0.0)
         bv = tl.load(b_ptr + ib[:, None, None] * (K * C) + (row_b * C)[None, :, None] + c[None, None, :], mask=msk, other=0.0)

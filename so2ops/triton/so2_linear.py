@@ -69,10 +69,10 @@ def _so2_apply_kernel(
     L = LMAX - m + 1
     pid_n = tl.program_id(1)
     if pid_n * BLOCK_N < L * COUT:
-        e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+        e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
         me = e < E
         e64 = e.to(tl.int64)
-        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
         mn = n < L * COUT
         lo = m + n // COUT
         co = n % COUT
@@ -83,7 +83,7 @@ def _so2_apply_kernel(
         acc_p = tl.zeros((BLOCK_E, BLOCK_N), ACC)
         acc_n = tl.zeros((BLOCK_E, BLOCK_N), ACC)
         for k0 in range(0, L * CIN, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
+            k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
             mk = k < L * CIN
             li = m + k // CIN
             ci = k % CIN
@@ -148,8 +148,8 @@ def _so2_grad_weight_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     if (pid_n * BLOCK_N < L * CO) & (pid_k * BLOCK_K < L * CI):
-        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+        k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
         mn = n < L * CO
         mk = k < L * CI
         lo = m + n // CO
@@ -162,7 +162,7 @@ def _so2_grad_weight_kernel(
         e_lo = s * CHUNK
         e_hi = tl.minimum(e_lo + CHUNK, E)
         for e0 in range(e_lo, e_hi, BLOCK_E):
-            e = e0 + tl.arange(0, BLOCK_E)
+            e = e0 + tl.arange(0, BLOCK_E).to(tl.int64)
             me = e < e_hi
             e64 = e.to(tl.int64)
             m_ne = mn[:, None] & me[None, :]
@@ -281,7 +281,7 @@ def so2_linear_backward(grad, x, weight, modulation, lmax, mmax, out_channels, n
     """``(grad_x, grad_weight, grad_modulation)``, ``[0]`` tensors where not needed."""
     cin = x.shape[2]
     need_mod = need_mod and modulation is not None
-    gx = gw = gm = grad.new_empty(0)
+    gx, gw, gm = (grad.new_empty(0) for _ in range(3))  # distinct: outputs may not alias
     if need_x or need_mod:
         out, gmod = so2_apply(grad, weight, modulation, lmax, mmax, cin, out_channels, transpose=True, x=x,
                               need_out=need_x, need_gmod=need_mod)

@@ -65,7 +65,7 @@ def _degree_message(
     K: tl.constexpr = (LMAX + 1) * (LMAX + 1)
     P: tl.constexpr = _woff(LMAX + 1)
     NL: tl.constexpr = 2 * L + 1
-    a = tl.arange(0, _pow2(NL))
+    a = tl.arange(0, _pow2(NL)).to(tl.int64)
     ma = a < NL
     wig_row = e64[:, None] * P
     m_ea = me[:, None] & ma[None, :]
@@ -79,7 +79,7 @@ def _degree_message(
         y_n = tl.zeros((BLOCK_E, BLOCK_CO), ACC)
         for lp in tl.static_range(m, LMAX + 1):
             NJ: tl.constexpr = 2 * lp + 1
-            j = tl.arange(0, _pow2(NJ))
+            j = tl.arange(0, _pow2(NJ)).to(tl.int64)
             mj = j < NJ
             m_ej = me[:, None] & mj[None, :]
             # rows +-m of D_{l'}: the only frame coefficients this order needs
@@ -88,7 +88,7 @@ def _degree_message(
                 d_n = tl.load(wig_ptr + wig_row + (_woff(lp) + (lp - m) * NJ + j)[None, :], mask=m_ej, other=0.0).to(ACC)
             wrow = ((L - m) * CO + co)[None, :] * (LM * CI)  # W[(l-m)*CO + co, (l'-m)*CI + ci]
             for ci0 in range(0, CI, BLOCK_CI):
-                ci = ci0 + tl.arange(0, BLOCK_CI)
+                ci = ci0 + tl.arange(0, BLOCK_CI).to(tl.int64)
                 mci = ci < CI
                 xv = tl.load(
                     x_ptr + src[:, None, None] * (K * CI) + ((lp * lp + j) * CI)[None, :, None] + ci[None, None, :],
@@ -134,12 +134,12 @@ def _so2_message_fwd_kernel(
     """``out[t] = sum_{e: tgt[e] = t} D_e^T Lin(D_e x[src[e]])``; see the module docstring."""
     K: tl.constexpr = (LMAX + 1) * (LMAX + 1)
     pid = tl.program_id(0)
-    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO).to(tl.int64)
     mco = co < CO
     if SEGMENTED:
         # program = BLOCK_T consecutive targets = one contiguous run of the target-sorted edges;
         # per chunk, a 0/1 [BLOCK_T, BLOCK_E] matrix sums the edges into their targets (fixed order)
-        t = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+        t = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
         mt = t < N
         seg_lo = tl.load(rowptr_ptr + pid.to(tl.int64) * BLOCK_T)
         seg_hi = tl.load(rowptr_ptr + tl.minimum(pid.to(tl.int64) * BLOCK_T + BLOCK_T, N))
@@ -148,7 +148,7 @@ def _so2_message_fwd_kernel(
             NLP: tl.constexpr = _pow2(NL)
             acc = tl.zeros((BLOCK_T, NLP * BLOCK_CO), ACC)
             for p0 in range(seg_lo, seg_hi, BLOCK_E):
-                pos = p0 + tl.arange(0, BLOCK_E)
+                pos = p0 + tl.arange(0, BLOCK_E).to(tl.int64)
                 me = pos < seg_hi
                 e64 = tl.load(perm_ptr + pos, mask=me, other=0)
                 src = tl.load(src_ptr + e64, mask=me, other=0)
@@ -157,20 +157,20 @@ def _so2_message_fwd_kernel(
                                           l, LMAX, MMAX, MOD, ACC, BLOCK_E, BLOCK_CO, BLOCK_CI)
                 onehot = (tgt[None, :] == t[:, None]).to(ACC)
                 acc += tl.dot(onehot, tl.reshape(contrib, (BLOCK_E, NLP * BLOCK_CO)), input_precision="ieee").to(ACC)
-            f = tl.arange(0, NLP * BLOCK_CO)
+            f = tl.arange(0, NLP * BLOCK_CO).to(tl.int64)
             a = f // BLOCK_CO
             cf = tl.program_id(1) * BLOCK_CO + f % BLOCK_CO
             ptr = out_ptr + t[:, None] * (K * CO) + ((l * l + a) * CO + cf)[None, :]
             tl.store(ptr, acc.to(out_ptr.dtype.element_ty), mask=mt[:, None] & ((a < NL) & (cf < CO))[None, :])
     else:
-        e = pid * BLOCK_E + tl.arange(0, BLOCK_E)
+        e = pid * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
         me = e < E
         e64 = e.to(tl.int64)
         src = tl.load(src_ptr + e64, mask=me, other=0)
         tgt = tl.load(tgt_ptr + e64, mask=me, other=0)
         for l in tl.static_range(LMAX + 1):
             NL: tl.constexpr = 2 * l + 1
-            a = tl.arange(0, _pow2(NL))
+            a = tl.arange(0, _pow2(NL)).to(tl.int64)
             contrib = _degree_message(x_ptr, wig_ptr, W_ptr, woff_ptr, mod_ptr, e64, me, src, co, mco, CI, CO, NM,
                                       l, LMAX, MMAX, MOD, ACC, BLOCK_E, BLOCK_CO, BLOCK_CI)
             ptr = out_ptr + tgt[:, None, None] * (K * CO) + ((l * l + a) * CO)[None, :, None] + co[None, None, :]
@@ -182,7 +182,7 @@ def _so2_message_fwd_kernel(
 def _segment_sum_kernel(v_ptr, perm_ptr, rowptr_ptr, out_ptr, R, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """``out[t, :] = sum_{pos in [rowptr[t], rowptr[t+1])} v[perm[pos], :]`` in order (no atomics)."""
     t = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mc = cols < R
     lo = tl.load(rowptr_ptr + t)
     hi = tl.load(rowptr_ptr + t + 1)
@@ -259,8 +259,8 @@ def so2_message_backward(grad, x, wigner, edge_index, weight, modulation, lmax, 
     co = out_channels
     e = wigner.shape[0]
     need_mod = need_mod and modulation is not None
-    empty = grad.new_empty(0)
-    gx = gwig = gw = gm = empty
+    # four distinct placeholders: a custom op's outputs may not alias each other
+    gx, gwig, gw, gm = (grad.new_empty(0) for _ in range(4))
     if e == 0:
         if need_x:
             gx = torch.zeros_like(x)
