@@ -48,6 +48,22 @@ def _cuda_toolkit() -> str | None:
     return None
 
 
+def _pip_cuda_include_dirs(cuda_home: str) -> list[str]:
+    """Header folders of the pip CUDA wheels (nvidia/*/include), when the toolkit lacks the library headers.
+
+    A minimal toolkit (nvcc + cudart only) has no cusparse.h / cublas_v2.h, which
+    ATen/cuda/CUDAContext.h includes; torch's pip wheels ship them.  They are
+    searched after every other folder (-idirafter), so the toolkit's own headers win.
+    """
+    if os.path.exists(os.path.join(cuda_home, "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia  # namespace package of the pip CUDA wheels
+    except ImportError:
+        return []
+    return sorted({os.path.dirname(h) for p in nvidia.__path__ for h in glob.glob(os.path.join(p, "*", "include", "cusparse.h"))})
+
+
 def _rel(paths):
     # setuptools wants source paths relative to setup.py
     return sorted(os.path.relpath(p, ROOT) for p in paths)
@@ -72,6 +88,9 @@ def _extension():
           f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '(visible GPU)')}", file=sys.stderr)
     sources += _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-Wno-unknown-pragmas"]
+    for d in _pip_cuda_include_dirs(cuda_home):
+        cxx_flags += ["-idirafter", d]
+        nvcc_flags += [f"-Xcompiler=-idirafter,{d}"]
     return cpp_extension.CUDAExtension(
         "so2ops._C", sources, include_dirs=include_dirs,
         define_macros=[("SO2OPS_WITH_CUDA", None)],

@@ -61,6 +61,10 @@ def main(argv=None) -> int:
     ap.add_argument("--allow-tf32", action="store_true", help="let float32 matmuls (reference, baselines) use TF32 tensor cores")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-reps", type=int, default=None, help="timed repetitions at least (default 5, quick 3)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed calls before timing (default 2, quick 1)")
+    ap.add_argument("--target-s", type=float, default=None, help="seconds of timing per row (default 0.5, quick 0.04)")
+    ap.add_argument("--slow-call-s", type=float, default=5.0, help="impls slower than this per fwd+bwd get one repetition")
     args = ap.parse_args(argv)
 
     import torch
@@ -85,7 +89,12 @@ def main(argv=None) -> int:
         mem_budget = int(0.7 * torch.cuda.get_device_properties(device).total_memory)
     else:
         mem_budget = int(min(0.3 * _available_ram(), 8 * 2**30))
-    opts = Options(device=device, quick=args.quick, budget=Budget.quick() if args.quick else Budget(),
+    budget = Budget.quick() if args.quick else Budget()
+    budget = Budget(warmup=budget.warmup if args.warmup is None else args.warmup,
+                    target_s=budget.target_s if args.target_s is None else args.target_s,
+                    min_reps=budget.min_reps if args.min_reps is None else max(1, args.min_reps),
+                    max_reps=max(budget.max_reps, args.min_reps or 1))
+    opts = Options(device=device, quick=args.quick, budget=budget, slow_call_s=args.slow_call_s,
                    mem_budget_bytes=mem_budget, memory=not args.no_memory, allow_tf32=args.allow_tf32,
                    seed=args.seed, dtypes=args.dtype, modes=args.mode)
     t0 = time.perf_counter()

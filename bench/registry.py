@@ -81,6 +81,10 @@ class Case:
     dtype: torch.dtype
     modes: Tuple[str, ...] = MODES
     tags: Tuple[str, ...] = ()
+    #: ``{impl name: reason}``: impls not run for this case (e.g. too slow for ``--quick``).
+    skip_impls: Dict[str, str] = field(default_factory=dict)
+    #: measure fwd+bwd peak memory for this case (``--quick`` does it for the headline only).
+    memory: bool = True
 
 
 class Entry:
@@ -167,3 +171,22 @@ class Shape:
                 tags.add(tag)
                 return
         self.items.append((dict(shape), {tag}))
+
+
+def standard_cases(sh: Shape, quick: bool, headline_dtypes: Sequence[torch.dtype] = (torch.float64,),
+                   skip_impls: Optional[Callable[[Dict], Dict[str, str]]] = None) -> List[Case]:
+    """float32 for every shape, plus ``headline_dtypes`` for the headline shape.
+
+    With ``quick`` only the float32 headline case gets every mode and a memory
+    measurement; the sweep points get ``fwdbwd`` timing alone (CI budget).
+    """
+    out = []
+    for shape, tags in sh.items:
+        head = "headline" in tags
+        skips = skip_impls(shape) if skip_impls else {}
+        lean = quick and not head
+        out.append(Case(shape, torch.float32, ("fwdbwd",) if lean else MODES, tuple(sorted(tags)), skips, memory=not lean))
+        if head:
+            for dt in headline_dtypes:
+                out.append(Case(shape, dt, ("fwdbwd",) if quick else MODES, ("headline",), skips, memory=not quick))
+    return out

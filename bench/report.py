@@ -39,7 +39,8 @@ def markdown(doc: Dict) -> str:
                       for k, v in m["backends"].items())
     lines += [
         f"- created {m['created']}, git {ver.get('git')}, {m['elapsed_s']:.0f} s; command: `python -m bench {' '.join(m['argv'])}`",
-        f"- device: {dev['name']} ({dev['type']}, {dev['threads']} CPU threads); torch {ver['torch']}, triton {ver.get('triton')}, e3nn {ver.get('e3nn')}",
+        f"- device: {dev['name']} ({dev['type']}, {dev['threads']} CPU threads); torch {ver['torch']}, triton {ver.get('triton')}, e3nn {ver.get('e3nn')}"
+        + (f"; load average at start {m['loadavg_start'][0]:.1f}" if m.get("loadavg_start") else ""),
         f"- so2ops backends: {built}",
         f"- timer: {m['timer']} (median of >= {m['budget']['min_reps']} reps, {m['budget']['target_s']} s per row); "
         f"TF32 matmuls {'on' if m['allow_tf32'] else 'off'}",
@@ -82,7 +83,7 @@ def markdown(doc: Dict) -> str:
         groups = list(dict.fromkeys((r["dtype"], r["mode"]) for r in er))
         for dtype, mode in groups:
             gr = [r for r in er if r["dtype"] == dtype and r["mode"] == mode]
-            bases = list(dict.fromkeys(b for r in gr for b in r["speedup"]))
+            bases = sorted(dict.fromkeys(b for r in gr for b in r["speedup"]), key=_base_order)
             header = ["shape", "impl", "median ms", "q20-q80 ms", "GFLOP/s", "GB/s", "% peak FLOP", "% peak BW"]
             if mode == "fwdbwd":
                 header += ["peak mem MiB"] + [f"mem / {b}" for b in bases if any(b in r["mem_ratio"] for r in gr)]
@@ -102,17 +103,29 @@ def markdown(doc: Dict) -> str:
                 trs.append(row)
             lines += [f"### {entry} / {dtype} / {mode}", ""] + _table(header, trs) + [""]
 
-    not_run = {}
+    # rows that did not run, grouped by reason (a backend absent on this device is one line, not one per case)
+    not_run: Dict = {}
     for r in doc["rows"]:
         if r["status"] != "ok":
-            key = (r["entry"], fmt_shape(r["shape"]), r["dtype"], r["impl"], r["status"], r["note"])
-            not_run.setdefault(key, []).append(r["mode"])
+            key = (r["impl"], r["status"], r["note"])
+            g = not_run.setdefault(key, {"entries": {}, "rows": 0})
+            g["rows"] += 1
+            g["entries"].setdefault(r["entry"], set()).add(f"{fmt_shape(r['shape'])} {r['dtype']}")
     if not_run:
         lines += ["## Not run", ""]
-        lines += _table(["entry", "shape", "dtype", "impl", "status", "modes", "why"],
-                        [[e, s, d, i, st, ",".join(ms), n] for (e, s, d, i, st, n), ms in not_run.items()])
+        trs = []
+        for (impl, st, note), g in not_run.items():
+            where = "; ".join(f"{e} ({len(c)} case{'s' if len(c) > 1 else ''}{': ' + next(iter(c)) if len(c) == 1 else ''})"
+                              for e, c in g["entries"].items())
+            trs.append([impl, st, note, str(g["rows"]), where])
+        lines += _table(["impl", "status", "why", "rows", "where"], trs)
         lines.append("")
     return "\n".join(lines)
+
+
+def _base_order(name: str):
+    order = ["reference", "escn_dense", "e3nn_tp", "cueq_tp"]
+    return (order.index(name) if name in order else len(order), name)
 
 
 def write_all(doc: Dict, out_dir: str, stem: str, plots: bool = True) -> List[str]:

@@ -20,6 +20,7 @@ import datetime as _dt
 import gc
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class Options:
     dtypes: Optional[Sequence[str]] = None
     modes: Optional[Sequence[str]] = None
     log: bool = True
+    #: an impl whose checked fwd+bwd took longer than this is timed with one repetition per mode
+    slow_call_s: float = 5.0
 
 
 def _log(opts: Options, msg: str) -> None:
@@ -78,12 +81,19 @@ def _cast_inputs(inputs: Dict[str, torch.Tensor], dtype: torch.dtype) -> Dict[st
     return {k: (v.to(dtype) if v is not None and v.is_floating_point() else v) for k, v in inputs.items()}
 
 
+_LAST_CHECK_S = [0.0]
+
+
 def _run_check(w: Workload, seed: int) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-    """Output and gradients of a workload, in the reference's layout."""
+    """Output and gradients of a workload, in the reference's layout (its duration lands in ``_LAST_CHECK_S``)."""
+    t0 = time.perf_counter()
     with w.context():
         out = w.forward()
         grads = list(torch.autograd.grad(out, w.grad_inputs, seeded_like(out, seed))) if w.grad_inputs else []
     out = out.detach()
+    if out.is_cuda:
+        torch.cuda.synchronize()
+    _LAST_CHECK_S[0] = time.perf_counter() - t0
     if w.to_reference is not None:
         out, grads = w.to_reference(out, grads)
     return out, grads
@@ -130,7 +140,7 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
     inputs = entry.make_inputs(shape, dtype, dev, opts.seed)
     built: List[Tuple[Impl, Workload]] = []
     for impl in impls:
-        reason = impl.skip(shape, dtype)
+        reason = case.skip_impls.get(impl.name) or impl.skip(shape, dtype)
         if reason is None and impl.mem_estimate is not None:
             need = impl.mem_estimate(shape, isz)
             if need > opts.mem_budget_bytes:
@@ -145,6 +155,7 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
 
     # ---- correctness, before anything is timed
     checks: Dict[str, Dict] = {}
+    check_s: Dict[str, float] = {}
     ref_impl = next((i for i in impls if i.name == "reference"), None)
     need_oracle = any(i.same_math for i, _ in built)
     oracle = None
@@ -155,6 +166,7 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
             if same is not None:
                 oracle = _run_check(same, opts.seed + 1)
                 checks["reference"] = {"status": "oracle", "max_rel_err": 0.0, "tol": None}
+                check_s["reference"] = _LAST_CHECK_S[0]
             else:
                 oracle = _run_check(ref_impl.build(_cast_inputs(inputs, odt), shape), opts.seed + 1)
         except Exception as exc:  # noqa: BLE001 - without an oracle every same-math row fails
@@ -176,10 +188,12 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
                     errs.append(math.inf)
                 err = max(errs)
                 checks[impl.name] = {"status": "pass" if err <= tol else "fail", "max_rel_err": err, "tol": tol}
+                check_s[impl.name] = _LAST_CHECK_S[0]
             elif not impl.same_math and entry.kind != "sanity":
                 out, grads = _run_check(w, opts.seed + 1)
                 finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
                 checks[impl.name] = {"status": "pass" if finite else "fail", "max_rel_err": None, "tol": "finite"}
+                check_s[impl.name] = _LAST_CHECK_S[0]
             else:
                 checks[impl.name] = {"status": "n/a", "max_rel_err": None, "tol": None}
         except Exception as exc:  # noqa: BLE001
@@ -196,14 +210,20 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
             _log(opts, f"[{entry.name} {_shape_text(shape)} {dtype_name(dtype)}] {impl.name}: {note}")
             continue
         count_fn = impl.count or entry.count
+        budget, slow = opts.budget, check_s.get(impl.name, 0.0) > opts.slow_call_s
+        if slow:
+            # seconds per call: one repetition per mode, no warm-up beyond the check itself
+            budget = Budget(warmup=0, target_s=0.0, min_reps=1, max_reps=1)
         for mode in modes:
             r = _base_row(entry, case, impl, mode)
             r["check"] = chk
+            if slow:
+                r["note"] = (r["note"] + "; " if r["note"] else "") + f"slow ({check_s[impl.name]:.0f} s per fwd+bwd): 1 repetition"
             try:
                 with w.context():
                     fn = step(w, mode, opts.seed + 1)
-                    r["time_s"] = timer(fn, opts.budget)
-                    if mode == "fwdbwd" and opts.memory and dev.type == "cuda":
+                    r["time_s"] = timer(fn, budget)
+                    if mode == "fwdbwd" and opts.memory and case.memory and dev.type == "cuda":
                         r["peak_mem_bytes"] = memory.measure_cuda(fn)
                 del fn
             except Exception as exc:  # noqa: BLE001
@@ -215,7 +235,7 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
                 med = r["time_s"]["median"]
                 r["flops"], r["bytes"] = int(c.flops), int(c.bytes)
                 r["flops_per_s"], r["bytes_per_s"] = c.flops / med, c.bytes / med
-            if mode == "fwdbwd" and opts.memory and dev.type == "cpu" and w.grad_inputs:
+            if mode == "fwdbwd" and opts.memory and case.memory and dev.type == "cpu" and w.grad_inputs:
                 mem_jobs.append((r, {"entry": entry.name, "shape": shape, "dtype": dtype_name(dtype),
                                      "impl": impl.name, "seed": opts.seed}))
             rows.append(r)
@@ -324,6 +344,7 @@ def run(entries: Sequence[Entry], opts: Options, argv: Sequence[str] = ()) -> Di
     torch.backends.cuda.matmul.allow_tf32 = opts.allow_tf32
     torch.backends.cudnn.allow_tf32 = opts.allow_tf32
     t_start = time.perf_counter()
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     rows: List[Dict] = []
     mem_jobs: List[Tuple[Dict, Dict]] = []
     for entry in entries:
@@ -365,6 +386,7 @@ def run(entries: Sequence[Entry], opts: Options, argv: Sequence[str] = ()) -> Di
             "peaks": {"datasheet": datasheet, "measured": measured,
                       "used": "datasheet" if datasheet else "measured"},
             "elapsed_s": time.perf_counter() - t_start,
+            "loadavg_start": load_start,
         },
         "rows": rows,
         "targets": evaluate_targets(rows, opts.device),

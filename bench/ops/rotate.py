@@ -14,7 +14,7 @@ from so2ops.layout import num_coeffs, wigner_size
 from .. import inputs as inp
 from ..baselines import escn_dense
 from ..counts import Count, combine, rotate_macs
-from ..registry import Case, Entry, Impl, Shape, Workload, register
+from ..registry import Entry, Impl, Shape, Workload, register, standard_cases
 from ..so2_backends import backend_impls, leaves
 
 GRAD = ("x",)
@@ -24,7 +24,6 @@ def shapes(quick: bool, gpu: bool) -> Shape:
     sh = Shape()
     if quick:
         sh.add("headline", lmax=4, C=32, E=2000, N=inp.default_nodes(2000))
-        sh.add("lmax", lmax=2, C=32, E=2000, N=inp.default_nodes(2000))
         return sh
     e = 200_000 if gpu else 20_000
     sh.add("headline", lmax=4, C=128, E=e, N=inp.default_nodes(e))
@@ -49,12 +48,8 @@ class Rotate(Entry):
     description = "gather x[index] and rotate by per-edge Wigner-D blocks"
 
     def cases(self, quick, device):
-        out = []
-        for shape, tags in shapes(quick, device.type == "cuda").items:
-            out.append(Case(shape, torch.float32, tags=tuple(sorted(tags))))
-            if "headline" in tags:
-                out.append(Case(shape, torch.float64, tags=("headline",)))
-        return out
+        # --quick: float32 only (the float64 path is exercised by so2_message)
+        return standard_cases(shapes(quick, device.type == "cuda"), quick, () if quick else (torch.float64,))
 
     def make_inputs(self, shape, dtype, device, seed):
         g = inp.generator(seed)

@@ -39,7 +39,7 @@ class Matmul(Entry):
                     Case({"n": n, "tf32": False}, torch.float32, ("fwd",), ("peak",)),
                     Case({"n": n, "tf32": False}, torch.bfloat16, ("fwd",), ("peak",)),
                     Case({"n": n, "tf32": False}, torch.float64, ("fwd",), ("peak",))]
-        n = 1024 if quick else 2048
+        n = 512 if quick else 2048
         return [Case({"n": n, "tf32": False}, torch.float32, ("fwd",), ("peak",)),
                 Case({"n": n, "tf32": False}, torch.float64, ("fwd",), ("peak",))]
 
@@ -66,7 +66,7 @@ class Copy(Entry):
     description = "large device copy: the measured bandwidth"
 
     def cases(self, quick, device):
-        mb = (256 if quick else 1024) if device.type == "cuda" else (64 if quick else 256)
+        mb = (256 if quick else 1024) if device.type == "cuda" else (32 if quick else 256)
         return [Case({"MiB": mb}, torch.float32, ("fwd",), ("peak",))]
 
     def make_inputs(self, shape, dtype, device, seed):

@@ -32,13 +32,21 @@ void forward_kernel(const T* vec, const T* points, const T* pinv, int64_t num_ed
       T R[9];
       edge_vec_frame(v, R);
       for (int k = 0; k < num_points; ++k) edge_point_sh(R, points + 3 * k, lmax, norms, ysh + k * nc);
+      // D^l[mi, :] = sum_k Y_{l,mi}(R p_k) pinv[k, l, :], accumulated in the
+      // output row so the inner loop runs over contiguous m' (vectorised);
+      // k is summed in ascending order, as in wigner_entry().
       T* o = out + e * wsize;
       for (int l = 0; l <= lmax; ++l) {
         const int n = 2 * l + 1;
-        T* ol = o + wigner_offset(l);
-        for (int mi = 0; mi < n; ++mi)
-          for (int mpi = 0; mpi < n; ++mpi)
-            ol[mi * n + mpi] = wigner_entry<T>(ysh, nc, pinv, nc, num_points, l, mi, mpi);
+        for (int mi = 0; mi < n; ++mi) {
+          T* orow = o + wigner_offset(l) + mi * n;
+          for (int mpi = 0; mpi < n; ++mpi) orow[mpi] = T(0);
+          for (int k = 0; k < num_points; ++k) {
+            const T y = ysh[k * nc + l * l + mi];
+            const T* b = pinv + k * nc + l * l;
+            for (int mpi = 0; mpi < n; ++mpi) orow[mpi] += y * b[mpi];
+          }
+        }
       }
     }
   });

@@ -20,7 +20,14 @@
 // sequence, so the result is bitwise reproducible.
 #pragma once
 
-#include <ATen/ATen.h>
+// Fine-grained ATen headers only: this header is compiled by nvcc too.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -136,8 +143,8 @@ inline at::Tensor fold_weight_grads(const std::vector<at::Tensor>& gwc, const Di
     const int64_t ri = so2::num_l(d.lmax, m) * d.cin, co = so2::num_l(d.lmax, m) * d.cout;
     const at::Tensor p = g.narrow(0, 0, ri).narrow(1, 0, co), q = g.narrow(0, 0, ri).narrow(1, co, co);
     const at::Tensor r = g.narrow(0, ri, ri).narrow(1, 0, co), s = g.narrow(0, ri, ri).narrow(1, co, co);
-    parts.push_back((p + s).t().reshape(-1));  // d/dW1: W1^T appears at (+,+) and (-,-)
-    parts.push_back((q - r).t().reshape(-1));  // d/dW2: +W2^T at (+,-), -W2^T at (-,+)
+    parts.push_back(p.add(s).t().reshape(-1));  // d/dW1: W1^T appears at (+,+) and (-,-)
+    parts.push_back(q.sub(r).t().reshape(-1));  // d/dW2: +W2^T at (+,-), -W2^T at (-,+)
   }
   return at::cat(parts, 0).to(out);
 }
