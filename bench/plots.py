@@ -27,6 +27,7 @@ def plot_lmax(doc: Dict, path: str) -> bool:
         return False
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     style = _impl_style(impls)
+    colors = {name: f"C{i}" for i, name in enumerate(impls)}
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(12, 4.5))
     for impl in impls:
         for full in (True, False):
@@ -35,10 +36,11 @@ def plot_lmax(doc: Dict, path: str) -> bool:
                 continue
             ls = "-" if full else "--"
             lab = f"{impl} ({'mmax=lmax' if full else 'mmax=2'})"
-            ax_t.plot([l for l, _ in pts], [r["time_s"]["median"] * 1e3 for _, r in pts], ls, marker=style[impl], label=lab)
+            col = colors[impl]
+            ax_t.plot([l for l, _ in pts], [r["time_s"]["median"] * 1e3 for _, r in pts], ls, marker=style[impl], color=col, label=lab)
             sp = [(l, r["speedup"].get("reference")) for l, r in pts if r["speedup"].get("reference")]
             if sp:
-                ax_s.plot([l for l, _ in sp], [s for _, s in sp], ls, marker=style[impl], label=lab)
+                ax_s.plot([l for l, _ in sp], [s for _, s in sp], ls, marker=style[impl], color=col, label=lab)
     # growth guides anchored at the smallest lmax of the reference and of the TP baseline
     for impl, power in (("reference", 3), ("e3nn_tp", 6)):
         pts = sorted((r["shape"]["lmax"], r["time_s"]["median"] * 1e3) for r in rows

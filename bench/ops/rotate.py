@@ -67,6 +67,7 @@ class Rotate(Entry):
 
         impls = backend_impls("rotate", device, bind)
         impls.append(Impl("escn_dense", "baseline", _escn_build, is_baseline=True,
+                          mem_estimate=lambda shape, isz: isz * 3 * shape["E"] * num_coeffs(shape["lmax"]) ** 2,
                           note="dense [E, K, K] Wigner bmm (eSCN style)"))
         return impls
 
@@ -76,7 +77,7 @@ class Rotate(Entry):
 
     def mem_estimate(self, shape, itemsize):
         e, k, c = shape["E"], num_coeffs(shape["lmax"]), shape["C"]
-        return itemsize * (2 * e * k * k + 5 * e * k * c)
+        return itemsize * 5 * e * k * c
 
 
 def _escn_build(inputs, shape):

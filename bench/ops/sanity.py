@@ -39,7 +39,7 @@ class Matmul(Entry):
                     Case({"n": n, "tf32": False}, torch.float32, ("fwd",), ("peak",)),
                     Case({"n": n, "tf32": False}, torch.bfloat16, ("fwd",), ("peak",)),
                     Case({"n": n, "tf32": False}, torch.float64, ("fwd",), ("peak",))]
-        n = 512 if quick else 2048
+        n = 1024 if quick else 2048
         return [Case({"n": n, "tf32": False}, torch.float32, ("fwd",), ("peak",)),
                 Case({"n": n, "tf32": False}, torch.float64, ("fwd",), ("peak",))]
 

@@ -120,7 +120,7 @@ class SO2Message(Entry):
             return fwd, [t[k] for k in GRAD]
 
         impls = backend_impls("so2_message", device, bind)
-        impls.append(Impl("escn_dense", "baseline", _escn_build, is_baseline=True,
+        impls.append(Impl("escn_dense", "baseline", _escn_build, is_baseline=True, mem_estimate=_escn_mem,
                           note="eSCN/EquiformerV2 style: dense Wigner bmm + per-m Linear + index_add"))
         e3nn_reason = e3nn_tp.available()
         impls.append(Impl(
@@ -141,9 +141,15 @@ class SO2Message(Entry):
         return combine(f, b, mode)
 
     def mem_estimate(self, shape, itemsize):
-        # eSCN-style autograd keeps the dense [E, K', K] Wigner plus ~8 [E, K, C] activations and grads.
+        # the reference's autograd keeps ~10 [E, K, C] activations and gradients
         e, k, c = shape["E"], num_coeffs(shape["lmax"]), shape["C"]
-        return itemsize * (2 * e * k * k + 10 * e * k * c)
+        return itemsize * 10 * e * k * c
+
+
+def _escn_mem(shape, itemsize):
+    # plus the dense [E, K', K] Wigner (and its build temporaries)
+    e, k = shape["E"], num_coeffs(shape["lmax"])
+    return itemsize * (3 * e * k * k + 10 * e * k * shape["C"])
 
 
 def _e3nn_skip(shape, dtype):

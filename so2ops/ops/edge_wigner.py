@@ -74,13 +74,18 @@ def _ref_backward(grad, edge_vec, lmax):
 register_impl("edge_wigner", "reference", _ref_forward, _ref_backward)
 
 
+def _table_dtype(dtype):
+    # half-precision edges still get float32 tables: the kernels compute in float32
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _cxx_forward(edge_vec, lmax):
-    points, pinv = wigner_tables(lmax, edge_vec.dtype, edge_vec.device)
+    points, pinv = wigner_tables(lmax, _table_dtype(edge_vec.dtype), edge_vec.device)
     return torch.ops.so2ops_C.edge_wigner_forward(edge_vec, points, pinv, lmax)
 
 
 def _cxx_backward(grad, edge_vec, lmax):
-    points, pinv = wigner_tables(lmax, edge_vec.dtype, edge_vec.device)
+    points, pinv = wigner_tables(lmax, _table_dtype(edge_vec.dtype), edge_vec.device)
     return torch.ops.so2ops_C.edge_wigner_backward(grad, edge_vec, points, pinv, lmax)
 
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The one command for the full GPU suite on a fresh GPU machine that has torch,
+# triton and nvcc but no network:
+#
+#   bash bench/gpu.sh            # build, GPU tests, every benchmark (full sweeps)
+#   bash bench/gpu.sh --quick    # same with the quick sweeps (extra args go to `python -m bench`)
+#
+# 1. builds so2ops._C (CPU + CUDA kernels) against the installed torch with
+#    `pip install --no-build-isolation --no-deps --no-index -e .` (no download,
+#    no torch re-resolution), falling back to `setup.py build_ext --inplace`;
+# 2. runs the tests marked `gpu`;
+# 3. runs `python -m bench all --device cuda`, writing JSON, Markdown and plots
+#    to bench/results/<gpu-name>/ (BENCH_OUT overrides the root).
+#
+# Environment: PYTHON (default python3), MAX_JOBS (default: all cores),
+# WHEELS (a folder of .whl files to install first, e.g. e3nn where missing),
+# BENCH_OUT, LOG (default $BENCH_OUT/gpu-suite.log).
+# Exit status: 0 when the build, the tests and the benchmark's correctness
+# checks all passed; the benchmark still runs when the tests fail.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+OUT=${BENCH_OUT:-bench/results}
+mkdir -p "$OUT"
+LOG=${LOG:-$OUT/gpu-suite.log}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export PYTHONUNBUFFERED=1
+exec > >(tee "$LOG") 2>&1
+status=0
+
+echo "== environment"
+"$PY" - <<'PY' || { echo "gpu.sh: torch cannot see a CUDA device"; exit 2; }
+import sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda)
+assert torch.cuda.is_available(), "no CUDA device"
+print("device", torch.cuda.get_device_name(0), "| capability", torch.cuda.get_device_capability(0))
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError:
+    print("triton absent: the triton backend will not run")
+PY
+command -v nvcc >/dev/null && nvcc --version | tail -n 1 || echo "nvcc not on PATH (setup.py looks in CUDA_HOME)"
+
+WHEELS=${WHEELS:-.whl}
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  echo "== installing carried wheels from $WHEELS"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/bench-site "$WHEELS"/*.whl \
+    && export PYTHONPATH=/tmp/bench-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+echo "== build (MAX_JOBS=$MAX_JOBS)"
+t0=$SECONDS
+if ! "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . ; then
+  echo "pip editable install failed; trying an in-place build"
+  "$PY" setup.py build_ext --inplace || { echo "gpu.sh: build failed"; exit 3; }
+fi
+echo "build took $((SECONDS - t0)) s"
+"$PY" -c "import so2ops, json; print(json.dumps(so2ops.backends()))" || { echo "gpu.sh: so2ops does not import"; exit 3; }
+
+echo "== GPU tests"
+"$PY" -m pytest tests -m gpu -q -p no:cacheprovider --continue-on-collection-errors || status=1
+
+echo "== benchmarks"
+"$PY" -m bench all --device cuda --out "$OUT" "$@" || status=1
+
+echo "== done (status $status); results in $OUT"
+exit $status
