@@ -103,3 +103,20 @@ def test_opcheck(backend):
             args = (x.clone().requires_grad_(True), wig.clone().requires_grad_(True), ei, w.clone().requires_grad_(True),
                     None if m is None else m.clone().requires_grad_(True), 2, 1, 2, False)
             torch.library.opcheck(torch.ops.so2ops.so2_message.default, args)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_precision_inputs_accumulate_in_float32(backend, dtype):
+    require(backend, "cuda")
+    lmax, mmax, cin, cout = 3, 2, 17, 9
+    x, v, wig, ei, w, mod = message_inputs(30, 300, lmax, mmax, cin, cout, torch.float32, "cuda")
+    expected = so2ops.reference.so2_message(x, wig, ei, w, lmax, mmax, cout, mod)
+    half = [t.to(dtype) for t in (x, wig, w, mod)]
+    with so2ops.use_backend(backend):
+        actual = so2ops.so2_message(half[0], half[1], ei, half[2], lmax, mmax, cout, half[3])
+        wig_half = so2ops.edge_wigner(v.to(dtype), lmax)
+    assert actual.dtype == dtype
+    assert_close(actual.float(), expected, dtype, "so2_message half")
+    assert_close(wig_half.float(), wig, dtype, "edge_wigner half")
