@@ -167,3 +167,9 @@ def _load_backends() -> None:
     _loaded = True
     if _triton_importable():
         importlib.import_module("so2ops.triton")
+
+
+def implementations(op: str) -> list:
+    """Names of the backends that implement ``op`` (runnable here or not)."""
+    _load_backends()
+    return [name for name in BACKENDS if name in _IMPLS.get(op, {})]

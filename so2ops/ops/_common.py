@@ -76,3 +76,12 @@ def empty_or(flag: bool, like: Optional[torch.Tensor], ref: torch.Tensor) -> tor
 def none_if_empty(flag: bool, t: torch.Tensor) -> Optional[torch.Tensor]:
     """Autograd helper: map the ``[0]`` placeholder of an unneeded gradient to None."""
     return t if flag else None
+
+
+def distinct_outputs(outs, needs, like: torch.Tensor) -> tuple:
+    """Backward-op outputs with a fresh ``[0]`` placeholder per unneeded gradient.
+
+    A custom op may not return the same tensor twice (or an input); backends
+    that share one empty placeholder between outputs would trip that check.
+    """
+    return tuple(o if n else like.new_empty(0) for o, n in zip(outs, needs))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ..backends import register_impl, select
+from ..backends import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, wigner_size
 from ..validation import check_edge_vec_values, check_float, check_int, check_tensor
 from ..wigner_tables import wigner_tables
@@ -33,13 +33,17 @@ def _(grad, edge_vec, lmax):
 
 
 def _setup(ctx, inputs, output):
+    # Backward may run on an autograd worker thread, which does not see the
+    # caller's use_backend() context: remember the choice made at forward time.
+    ctx.backend = current_backend()
     ctx.save_for_backward(inputs[0])
     ctx.lmax = inputs[1]
 
 
 def _backward(ctx, grad):
-    (edge_vec,) = ctx.saved_tensors
-    return _edge_wigner_backward(grad, edge_vec, ctx.lmax), None
+    with use_backend(ctx.backend):
+        (edge_vec,) = ctx.saved_tensors
+        return _edge_wigner_backward(grad, edge_vec, ctx.lmax), None
 
 
 _edge_wigner.register_autograd(_backward, setup_context=_setup)

@@ -6,10 +6,10 @@ from typing import Optional
 import torch
 
 from .. import reference
-from ..backends import register_impl, select
+from ..backends import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, num_coeffs, wigner_size
 from ..validation import check_float, check_index, check_index_range, check_int, check_tensor
-from ._common import autograd_backward, empty_or, extension_loaded, none_if_empty
+from ._common import autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty
 
 
 @torch.library.custom_op("so2ops::rotate", mutates_args=())
@@ -36,7 +36,8 @@ def _rotate_backward(
     need_wigner: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     impl = select("rotate", x.device)
-    return impl.backward(grad.contiguous(), x, wigner, lmax, index, inverse, need_x, need_wigner)
+    outs = impl.backward(grad.contiguous(), x, wigner, lmax, index, inverse, need_x, need_wigner)
+    return distinct_outputs(outs, (need_x, need_wigner), grad)
 
 
 @_rotate_backward.register_fake
@@ -45,16 +46,20 @@ def _(grad, x, wigner, lmax, index, inverse, need_x, need_wigner):
 
 
 def _setup(ctx, inputs, output):
+    # Backward may run on an autograd worker thread, which does not see the
+    # caller's use_backend() context: remember the choice made at forward time.
+    ctx.backend = current_backend()
     x, wigner, lmax, index, inverse = inputs
     ctx.save_for_backward(x, wigner, index)
     ctx.lmax, ctx.inverse = lmax, inverse
 
 
 def _backward(ctx, grad):
-    x, wigner, index = ctx.saved_tensors
-    nx, nw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    gx, gw = _rotate_backward(grad, x, wigner, ctx.lmax, index, ctx.inverse, nx, nw)
-    return none_if_empty(nx, gx), none_if_empty(nw, gw), None, None, None
+    with use_backend(ctx.backend):
+        x, wigner, index = ctx.saved_tensors
+        nx, nw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gx, gw = _rotate_backward(grad, x, wigner, ctx.lmax, index, ctx.inverse, nx, nw)
+        return none_if_empty(nx, gx), none_if_empty(nw, gw), None, None, None
 
 
 _rotate.register_autograd(_backward, setup_context=_setup)

@@ -6,10 +6,10 @@ from typing import Optional
 import torch
 
 from .. import reference
-from ..backends import register_impl, select
+from ..backends import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, num_coeffs, num_mod, weight_size
 from ..validation import check_float, check_int, check_tensor
-from ._common import autograd_backward, empty_or, extension_loaded, none_if_empty
+from ._common import autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty
 
 
 @torch.library.custom_op("so2ops::so2_linear", mutates_args=())
@@ -38,7 +38,8 @@ def _so2_linear_backward(
     need_mod: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = select("so2_linear", x.device)
-    return impl.backward(grad.contiguous(), x, weight, modulation, lmax, mmax, out_channels, need_x, need_weight, need_mod)
+    outs = impl.backward(grad.contiguous(), x, weight, modulation, lmax, mmax, out_channels, need_x, need_weight, need_mod)
+    return distinct_outputs(outs, (need_x, need_weight, need_mod), grad)
 
 
 @_so2_linear_backward.register_fake
@@ -47,17 +48,21 @@ def _(grad, x, weight, modulation, lmax, mmax, out_channels, need_x, need_weight
 
 
 def _setup(ctx, inputs, output):
+    # Backward may run on an autograd worker thread, which does not see the
+    # caller's use_backend() context: remember the choice made at forward time.
+    ctx.backend = current_backend()
     x, weight, modulation, lmax, mmax, out_channels = inputs
     ctx.save_for_backward(x, weight, modulation)
     ctx.args = (lmax, mmax, out_channels)
 
 
 def _backward(ctx, grad):
-    x, weight, modulation = ctx.saved_tensors
-    n = ctx.needs_input_grad
-    nm = bool(n[2]) and modulation is not None
-    gx, gw, gm = _so2_linear_backward(grad, x, weight, modulation, *ctx.args, n[0], n[1], nm)
-    return none_if_empty(n[0], gx), none_if_empty(n[1], gw), none_if_empty(nm, gm), None, None, None
+    with use_backend(ctx.backend):
+        x, weight, modulation = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        nm = bool(n[2]) and modulation is not None
+        gx, gw, gm = _so2_linear_backward(grad, x, weight, modulation, *ctx.args, n[0], n[1], nm)
+        return none_if_empty(n[0], gx), none_if_empty(n[1], gw), none_if_empty(nm, gm), None, None, None
 
 
 _so2_linear.register_autograd(_backward, setup_context=_setup)

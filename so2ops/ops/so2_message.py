@@ -6,10 +6,10 @@ from typing import Optional
 import torch
 
 from .. import reference
-from ..backends import register_impl, select
+from ..backends import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, num_coeffs, wigner_size
 from ..validation import check_float, check_index, check_index_range, check_int, check_tensor
-from ._common import autograd_backward, empty_or, extension_loaded, none_if_empty
+from ._common import autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty
 from .so2_linear import check_so2_args
 
 
@@ -53,10 +53,11 @@ def _so2_message_backward(
     need_mod: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = select("so2_message", x.device)
-    return impl.backward(
+    outs = impl.backward(
         grad.contiguous(), x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels, deterministic,
         need_x, need_wigner, need_weight, need_mod,
     )
+    return distinct_outputs(outs, (need_x, need_wigner, need_weight, need_mod), grad)
 
 
 @_so2_message_backward.register_fake
@@ -71,6 +72,9 @@ def _(grad, x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels,
 
 
 def _setup(ctx, inputs, output):
+    # Backward may run on an autograd worker thread, which does not see the
+    # caller's use_backend() context: remember the choice made at forward time.
+    ctx.backend = current_backend()
     x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels, deterministic = inputs
     # Only the inputs are saved: every [E, K, C] intermediate is recomputed in backward.
     ctx.save_for_backward(x, wigner, edge_index, weight, modulation)
@@ -78,12 +82,13 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
-    x, wigner, edge_index, weight, modulation = ctx.saved_tensors
-    n = ctx.needs_input_grad
-    nm = bool(n[4]) and modulation is not None
-    gx, gwig, gw, gm = _so2_message_backward(grad, x, wigner, edge_index, weight, modulation, *ctx.args, n[0], n[1], n[3], nm)
-    return (none_if_empty(n[0], gx), none_if_empty(n[1], gwig), None, none_if_empty(n[3], gw),
-            none_if_empty(nm, gm), None, None, None, None)
+    with use_backend(ctx.backend):
+        x, wigner, edge_index, weight, modulation = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        nm = bool(n[4]) and modulation is not None
+        gx, gwig, gw, gm = _so2_message_backward(grad, x, wigner, edge_index, weight, modulation, *ctx.args, n[0], n[1], n[3], nm)
+        return (none_if_empty(n[0], gx), none_if_empty(n[1], gwig), None, none_if_empty(n[3], gw),
+                none_if_empty(nm, gm), None, None, None, None)
 
 
 _so2_message.register_autograd(_backward, setup_context=_setup)
