@@ -1,21 +1,19 @@
 """so2ops backends as benchmark implementations.
 
-``so2ops.use_backend`` is a context variable: it is not seen by the threads
-the autograd engine runs CUDA backwards on, so a backward could silently
-dispatch to the default (fastest) backend.  ``force_backend`` therefore also
-sets ``SO2OPS_BACKEND``, which every thread reads, for the duration of the block.
+The ops remember the backend chosen at forward time for their backward (which
+may run on an autograd worker thread); ``force_backend`` also sets
+``SO2OPS_BACKEND`` so that helper code outside the ops sees the same choice.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from typing import Callable, Dict, List, Optional
 
 import torch
 
 import so2ops
-_reg = importlib.import_module("so2ops.backends")
+from so2ops.dispatch import implementations
 
 from .registry import Impl, Workload
 
@@ -37,8 +35,7 @@ def force_backend(name: str):
 
 def implemented(op: str, backend: str) -> bool:
     """Whether ``backend`` registered an implementation of ``op``."""
-    _reg._load_backends()
-    return backend in _reg._IMPLS.get(op, {})
+    return backend in implementations(op)
 
 
 def skip_reason(op: str, backend: str, device: torch.device) -> Optional[str]:

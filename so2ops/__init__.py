@@ -10,7 +10,7 @@ Public API::
 Conventions are in docs/conventions.md, the math in docs/math.md.
 """
 from . import layout, nn, reference
-from .backends import backends, current_backend, use_backend
+from .dispatch import backends, current_backend, use_backend
 from .layout import LMAX_SUPPORTED, num_coeffs, num_mod, weight_size, wigner_size
 from .ops import edge_wigner, rotate, so2_linear, so2_message
 from .reference import wigner_to_dense

@@ -14,7 +14,7 @@ import time
 import torch
 
 import so2ops
-from so2ops.backends import BACKENDS, runnable, triton_interpret
+from so2ops.dispatch import BACKENDS, runnable, triton_interpret
 
 
 def _random_rotation(dtype):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import so2ops
-from so2ops.backends import runnable
+from so2ops.dispatch import runnable
 
 #: Backends compared against ``reference``, with the device they run on here.
 FAST_BACKENDS = ("cpu", "triton", "cuda")

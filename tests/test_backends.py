@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import so2ops
-from so2ops import backends as registry
+from so2ops import dispatch as registry
 
 from _helpers import message_inputs
 

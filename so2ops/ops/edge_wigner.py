@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ..backends import current_backend, register_impl, select, use_backend
+from ..dispatch import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, wigner_size
 from ..validation import check_edge_vec_values, check_float, check_int, check_tensor
 from ..wigner_tables import wigner_tables

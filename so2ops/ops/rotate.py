@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import reference
-from ..backends import current_backend, register_impl, select, use_backend
+from ..dispatch import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, num_coeffs, wigner_size
 from ..validation import check_float, check_index, check_index_range, check_int, check_tensor
 from ._common import autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty

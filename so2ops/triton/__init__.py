@@ -1,7 +1,7 @@
 """Triton backend of every so2ops op.
 
 Importing this package registers ``forward``/``backward`` of each op under the
-``"triton"`` backend (``so2ops.backends`` imports it lazily on first dispatch).
+``"triton"`` backend (``so2ops.dispatch`` imports it lazily on first dispatch).
 The kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 from . import edge_wigner, rotate, so2_linear, so2_message  # noqa: F401  (registration side effects)

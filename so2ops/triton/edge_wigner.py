@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from ..backends import register_impl
+from ..dispatch import register_impl
 from ..layout import wigner_size
 from ..ops._common import autograd_backward
 from ..reference.spherical_harmonics import sh_norms

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backends import register_impl
+from ..dispatch import register_impl
 from ..layout import num_coeffs, wigner_size
 
 

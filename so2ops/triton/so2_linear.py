@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backends import register_impl
+from ..dispatch import register_impl
 from ..layout import mod_offset, num_coeffs, num_mod, weight_blocks, weight_size
 from .rotate import acc_dtype, tl_acc
 

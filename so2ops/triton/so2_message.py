@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backends import register_impl
+from ..dispatch import register_impl
 from ..layout import num_coeffs, num_mod, wigner_size
 from .rotate import acc_dtype, rotate_apply, rotate_grad_wigner, tl_acc
 from .so2_linear import block_offsets, so2_apply, so2_grad_weight
