@@ -132,7 +132,7 @@ def test_backend_gradcheck(backend, device):
         assert torch.autograd.gradcheck(lambda t: so2ops.edge_wigner(t, 3), (v.requires_grad_(True),), fast_mode=FAST[backend])
 
 
-@pytest.mark.parametrize("backend", ["reference"] + [b for b in ("cpu",)])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_opcheck(backend):
     if backend != "reference":
         require(backend, "cpu")

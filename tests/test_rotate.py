@@ -60,7 +60,7 @@ def test_backend_gradcheck(backend, device, inverse):
         assert torch.autograd.gradcheck(lambda a, b: so2ops.rotate(a, b, 2, ei[0], inverse), (x, wig), fast_mode=FAST[backend])
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_opcheck(backend):
     if backend != "reference":
         require(backend, "cpu")

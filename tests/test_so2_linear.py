@@ -93,7 +93,7 @@ def test_backend_gradcheck(backend, device):
         assert torch.autograd.gradcheck(lambda a, b, c: so2ops.so2_linear(a, b, 2, 1, 2, c), args, fast_mode=FAST[backend])
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_opcheck(backend):
     if backend != "reference":
         require(backend, "cpu")

@@ -93,7 +93,7 @@ def test_forward_saves_no_edge_sized_feature_tensor(backend, device):
     assert not edge_sized, f"forward saved edge-sized feature tensors {edge_sized}"
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_opcheck(backend):
     if backend != "reference":
         require(backend, "cpu")
