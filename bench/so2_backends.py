@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 import so2ops
-from so2ops.dispatch import implementations
+from so2ops.dispatch import BACKENDS, implementations
 
 from .registry import Impl, Workload
 
@@ -64,7 +64,7 @@ def backend_impls(
     the gap instead of hiding it.
     """
     out = []
-    for name in _reg.BACKENDS:
+    for name in BACKENDS:
         reason = skip_reason(op, name, device)
 
         def build(inputs, shape, _name=name):

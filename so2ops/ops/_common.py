@@ -55,7 +55,10 @@ def autograd_backward(
             for t, n in zip(inputs, needs)
         ]
         wrt = [l for l, n in zip(leaves, needs) if n and l is not None]
-        grads = iter(torch.autograd.grad(fn(*leaves), wrt, grad_out, allow_unused=True) if wrt else ())
+        out = fn(*leaves)
+        # an output that does not depend on the inputs (e.g. D^0 = 1) has no graph: zero gradients
+        differentiable = wrt and out.requires_grad
+        grads = iter(torch.autograd.grad(out, wrt, grad_out, allow_unused=True) if differentiable else [None] * len(wrt))
     out = []
     for t, n in zip(inputs, needs):
         if n and t is not None:
