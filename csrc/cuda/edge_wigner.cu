@@ -99,8 +99,9 @@ at::Tensor edge_wigner_forward_cuda(const at::Tensor& edge_vec, const at::Tensor
     const int per_edge = num_points * num_coeffs(l) * int(sizeof(acc_t));
     const int edges_per_block = std::max(1, std::min(kMaxEdgesPerBlock, kSmemBudget / per_edge));
     const int64_t blocks = (num_edges + edges_per_block - 1) / edges_per_block;
+    TORCH_CHECK(blocks < (int64_t(1) << 31), "edge_wigner (cuda): too many edges for one launch");
     forward_kernel<scalar_t, acc_t>
-        <<<blocks, kWarp * edges_per_block, edges_per_block * per_edge, c10::cuda::getCurrentCUDAStream()>>>(
+        <<<static_cast<unsigned>(blocks), kWarp * edges_per_block, edges_per_block * per_edge, c10::cuda::getCurrentCUDAStream()>>>(
             vec.const_data_ptr<scalar_t>(), pts.const_data_ptr<acc_t>(), pin.const_data_ptr<acc_t>(), num_edges,
             num_points, l, make_sh_norms<acc_t>(), out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -124,7 +125,8 @@ at::Tensor edge_wigner_backward_cuda(const at::Tensor& grad, const at::Tensor& e
     const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
     const auto pts = points.to(acc_dtype).contiguous(), pin = pinv.to(acc_dtype).contiguous();
     const int64_t blocks = (num_edges + kMaxEdgesPerBlock - 1) / kMaxEdgesPerBlock;
-    backward_kernel<scalar_t, acc_t><<<blocks, kWarp * kMaxEdgesPerBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    TORCH_CHECK(blocks < (int64_t(1) << 31), "edge_wigner (cuda): too many edges for one launch");
+    backward_kernel<scalar_t, acc_t><<<static_cast<unsigned>(blocks), kWarp * kMaxEdgesPerBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(), vec.const_data_ptr<scalar_t>(), pts.const_data_ptr<acc_t>(),
         pin.const_data_ptr<acc_t>(), num_edges, num_points, static_cast<int>(lmax), make_sh_norms<acc_t>(),
         grad_vec.mutable_data_ptr<scalar_t>());

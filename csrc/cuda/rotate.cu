@@ -5,7 +5,10 @@
 // consecutive threads take consecutive channels, so x / out accesses
 // coalesce.  With an index grad_x scatters with atomicAdd into an
 // accumulation-dtype buffer (summation order, hence the last bits, may vary
-// between runs).  grad_wigner: one block per edge; the edge's gradient row
+// between runs); under torch.use_deterministic_algorithms(True) it instead
+// sorts the edges by index and lets the first edge of each run of equal rows
+// sum the run in edge order (no atomics, bitwise reproducible).
+// grad_wigner: one block per edge; the edge's gradient row
 // and gathered x row are staged through shared memory 32 channels at a time,
 // and each thread owns up to 4 packed entries (wigner_size(8) = 969 <= 1024).
 //
@@ -13,15 +16,18 @@
 // here (and receives no gradient) rather than read out of bounds, so no
 // device synchronisation is needed for safety.
 #include <ATen/AccumulateType.h>
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <type_traits>
 
 #include "so2ops/op_checks.h"
@@ -81,6 +87,41 @@ __global__ void __launch_bounds__(kThreads)
                            else
                              o[m * C] = static_cast<out_t>(v);
                          });
+}
+
+//: Deterministic grad_x with an index.  `order` lists the edges stably sorted
+//: by index; thread (position p, row k = blockIdx.y, channel c) works only if
+//: p starts a run of equal index values, and then writes
+//:   gx[row, k, c] = sum over the run (ascending edge id) of (D_e^T or D_e) grad[e]
+//: so each written entry has exactly one writer and a fixed summation order.
+//: gx must be zero-initialised (rows no edge gathers from are not written).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    grad_x_segmented_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ wig,
+                            const int64_t* __restrict__ index, const int64_t* __restrict__ order, int64_t E,
+                            int64_t N, int64_t C, int lmax, bool inverse, scalar_t* __restrict__ gx) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= E * C) return;
+  const int k = blockIdx.y, nc = num_coeffs(lmax), wsize = wigner_size(lmax);
+  int l = 0;
+  while ((l + 1) * (l + 1) <= k) ++l;
+  const int n = 2 * l + 1, m = k - l * l;
+  const int64_t p = t / C, c = t - p * C;
+  const int64_t row = index[order[p]];
+  if (row < 0 || row >= N) return;                      // out-of-range rows receive nothing
+  if (p > 0 && index[order[p - 1]] == row) return;      // not the head of its run
+  // grad_x = D^T g for the forward D x (transpose flag !inverse, as in grad_x_kernel).
+  const bool transpose = !inverse;
+  acc_t acc = acc_t(0);
+  for (int64_t q = p; q < E; ++q) {
+    const int64_t e = order[q];
+    if (q != p && index[e] != row) break;
+    const scalar_t* d = wig + e * wsize + wigner_offset(l);
+    const scalar_t* g = grad + (e * nc + l * l) * C + c;
+    for (int mp = 0; mp < n; ++mp)
+      acc += acc_t(transpose ? d[mp * n + m] : d[m * n + mp]) * acc_t(g[mp * C]);
+  }
+  gx[(row * nc + k) * C + c] = static_cast<scalar_t>(acc);
 }
 
 //: grad_wigner[e, p] for every packed entry p of edge e = blockIdx.x.
@@ -202,6 +243,16 @@ std::tuple<at::Tensor, at::Tensor> rotate_backward_cuda(const at::Tensor& grad, 
         grad_x_kernel<scalar_t, acc_t, scalar_t, false><<<channel_grid(E, C, l), kThreads, 0, stream>>>(
             gc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), nullptr, E, N, C, l, inverse,
             gx.mutable_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else if (at::globalContext().deterministicAlgorithms()) {
+        // Segmented, atomic-free scatter over the edges stably sorted by index.
+        const at::Tensor order = std::get<1>(at::sort(idx, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+        const int64_t blocks = (E * C + kThreads - 1) / kThreads;
+        TORCH_CHECK(blocks < (int64_t(1) << 31), "rotate (cuda): E * C too large for one launch");
+        grad_x_segmented_kernel<scalar_t, acc_t>
+            <<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(nc)), kThreads, 0, stream>>>(
+                gc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), idx_ptr,
+                order.const_data_ptr<int64_t>(), E, N, C, l, inverse, gx.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       } else {
         // atomics on the accumulation dtype (half/bfloat16 atomics are slow and lossy)

@@ -10,6 +10,7 @@
 //                       segment sums the whole segment in position order
 //   wigner_grad         one thread per (edge, packed Wigner entry), sums channels
 // Tiles and accumulators are float for half / bfloat16 inputs (opmath type).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -273,13 +274,20 @@ void check_cuda(const at::Tensor& x, const char* op) {
               ": the CUDA backend supports float32/float64/float16/bfloat16, got ", t);
 }
 
+// torch.use_deterministic_algorithms(True) promises run-to-run identical
+// results: honour it by taking the segmented (sorted, atomic-free) scatter
+// even when the caller did not ask for `deterministic` explicitly.
+bool want_deterministic(bool deterministic) {
+  return deterministic || at::globalContext().deterministicAlgorithms();
+}
+
 at::Tensor so2_message_forward_cuda(const at::Tensor& x, const at::Tensor& wigner, const at::Tensor& edge_index,
                                     const at::Tensor& weight, const c10::optional<at::Tensor>& modulation,
                                     int64_t lmax, int64_t mmax, int64_t out_channels, bool deterministic) {
   check_cuda(x, "so2_message_forward");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   return driver::message_forward<CudaKernels>(x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels,
-                                              deterministic);
+                                              want_deterministic(deterministic));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> so2_message_backward_cuda(
@@ -289,8 +297,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> so2_message_backward_
   check_cuda(x, "so2_message_backward");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   return driver::message_backward<CudaKernels>(grad, x, wigner, edge_index, weight, modulation, lmax, mmax,
-                                               out_channels, deterministic, need_x, need_wigner, need_weight,
-                                               need_mod);
+                                               out_channels, want_deterministic(deterministic), need_x, need_wigner,
+                                               need_weight, need_mod);
 }
 
 }  // namespace
