@@ -22,18 +22,32 @@ from .. import reference
 from ..dispatch import register_impl
 from ..layout import wigner_size
 from ..ops._common import autograd_backward
-from ..reference.spherical_harmonics import sh_norms
 from ..wigner_tables import num_points, wigner_tables
 
 
 @triton.constexpr_function
 def _pow2(n):
-    return triton.next_power_of_2(n)
+    """Smallest power of two ``>= n``.  Builtins only: calling ``triton.next_power_of_2``
+    (itself a constexpr function in Triton >= 3.5) from here fails when compiling for a GPU."""
+    p = 1
+    while p < n:
+        p *= 2
+    return p
 
 
 @triton.constexpr_function
-def _sh_norm(lmax, l, m):
-    return sh_norms(lmax)[l][m]
+def _sh_norm(l, m):
+    """``sqrt((2 - delta_m0) (2l+1) (l-m)! / (l+m)!)``, the factor of ``so2ops.reference.sh_norms``.
+
+    Written with builtins only: when compiling for a GPU, Triton hashes every
+    global a constexpr function references and refuses plain Python callables
+    (``sh_norms`` is an ``lru_cache`` wrapper), which the interpreter never checks.
+    Evaluated in Python float64 and folded as an exact fp64 literal.
+    """
+    f = 2.0 * l + 1.0
+    for k in range(l - m + 1, l + m + 1):  # (l-m)!/(l+m)! = 1 / prod_{k=l-m+1}^{l+m} k
+        f = f / k
+    return (2.0 * f if m > 0 else f) ** 0.5
 
 
 @triton.constexpr_function
@@ -111,7 +125,7 @@ def _edge_wigner_fwd_kernel(
                 q_prev, q_cur = q_cur, (2 * m + 1) * y * q_cur
             elif l > m + 1:
                 q_prev, q_cur = q_cur, ((2 * l - 1) * y * q_cur - (l + m - 1) * q_prev) / (l - m)
-            nq = _sh_norm(LMAX, l, m) * q_cur
+            nq = _sh_norm(l, m) * q_cur
             if m == 0:
                 _store_row(out_ptr, row_base, nq, pinv_ptr, k, mk, l, 0, NCOEF, me, NPM)
             else:

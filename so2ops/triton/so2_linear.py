@@ -77,7 +77,7 @@ def _so2_apply_kernel(
         lo = m + n // COUT
         co = n % COUT
         woff1 = tl.load(woff_ptr + m)
-        woff2 = woff1 + L * L * CIN * COUT
+        woff2 = woff1 + (L * L).to(tl.int64) * CIN * COUT  # int64: the block can exceed 2^31 entries
         moff = m * (LMAX + 1) - m * (m - 1) // 2  # mod_offset(LMAX, m)
         lcw = L * CW
         acc_p = tl.zeros((BLOCK_E, BLOCK_N), ACC)
@@ -188,11 +188,40 @@ def _so2_grad_weight_kernel(
         base = part_ptr + s.to(tl.int64) * WSIZE + woff1
         tl.store(base + widx, acc1, mask=m_nk)
         if PAIR:
-            tl.store(base + L * L * CI * CO + widx, acc2, mask=m_nk)
+            tl.store(base + (L * L).to(tl.int64) * CI * CO + widx, acc2, mask=m_nk)
 
 
 def _clamp_pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+def _apply_tiles(dev: torch.device, lmax: int, k_in: int, k_out: int, dtype: torch.dtype):
+    """``(BLOCK_E, BLOCK_N, BLOCK_K, num_warps)`` of ``_so2_apply_kernel``.
+
+    Every ``tl.dot`` operand dimension is >= 16 (a GPU requirement the
+    interpreter does not check).  The GPU sizes were chosen from the register
+    use ptxas reports for sm_90 (Triton 3.6): fp32 ``ieee`` dots lower to FMAs
+    and with the +-m pair the larger tiles spilled heavily.
+    """
+    if dev.type == "cpu":  # interpreter: few, fat programs
+        return 64, _clamp_pow2((lmax + 1) * k_out, 16, 64), _clamp_pow2((lmax + 1) * k_in, 16, 64), 4
+    return _gpu_tiles(lmax, k_in, k_out, dtype)
+
+
+def _gpu_tiles(lmax: int, k_in: int, k_out: int, dtype: torch.dtype):
+    # sm_90, lmax 4, 64 channels: the former (32, 64, 32) tiles at 4 warps spilled 5-6 KB/thread in
+    # fp32 and ~400 B in fp64; these use <= 192 registers and no spills (fp16: <= 200, no spills).
+    if dtype in (torch.float16, torch.bfloat16):  # tensor-core dots: bigger tiles, 8 warps
+        return 32, _clamp_pow2((lmax + 1) * k_out, 16, 64), _clamp_pow2((lmax + 1) * k_in, 16, 32), 8
+    return 16, _clamp_pow2((lmax + 1) * k_out, 16, 32), 16, 4
+
+
+def _grad_weight_tiles(dev: torch.device, lmax: int, cin: int, cout: int, dtype: torch.dtype):
+    """``(BLOCK_E, BLOCK_N, BLOCK_K, num_warps)`` of ``_so2_grad_weight_kernel`` (see ``_apply_tiles``)."""
+    if dev.type == "cpu":
+        return 64, _clamp_pow2((lmax + 1) * cout, 16, 64), _clamp_pow2((lmax + 1) * cin, 16, 64), 4
+    # gp [BLOCK_N, BLOCK_E] x xp [BLOCK_E, BLOCK_K]: same shapes as the forward, (E, N, K) roles swapped
+    return _gpu_tiles(lmax, cin, cout, dtype)
 
 
 def so2_apply(inp, weight, modulation, lmax, mmax, cin, cout, transpose=False, x=None, need_out=True, need_gmod=False):
@@ -214,15 +243,13 @@ def so2_apply(inp, weight, modulation, lmax, mmax, cin, cout, transpose=False, x
     if e == 0:
         return out, gmod
     woff = block_offsets(lmax, mmax, cin, cout, dev)
-    be = 64 if dev.type == "cpu" else 32
-    bn = _clamp_pow2((lmax + 1) * k_out, 16, 64)
-    bk = _clamp_pow2((lmax + 1) * k_in, 16, 64 if dev.type == "cpu" else 32)
+    be, bn, bk, nw = _apply_tiles(dev, lmax, k_in, k_out, inp.dtype)
     mod = modulation if modulation is not None else inp
     dummy = inp
     common = dict(
         LMAX=lmax, TRANS=bool(transpose), MOD_IN=modulation is not None and not transpose,
         MOD_OUT=modulation is not None and transpose, NEED_OUT=need_out, NEED_GMOD=need_gmod,
-        ACC=tl_acc(inp.dtype), BLOCK_E=be, BLOCK_N=bn, BLOCK_K=bk,
+        ACC=tl_acc(inp.dtype), BLOCK_E=be, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw,
     )
     nm = num_mod(lmax, mmax)
     for m0, nms, pair in ((0, 1, False), (1, mmax, True)):
@@ -245,9 +272,7 @@ def so2_grad_weight(grad, x, modulation, lmax, mmax, cin, cout):
     if e == 0:
         return torch.zeros(wsize, dtype=x.dtype, device=dev)
     woff = block_offsets(lmax, mmax, cin, cout, dev)
-    be = 64 if dev.type == "cpu" else 32
-    bn = _clamp_pow2((lmax + 1) * cout, 16, 64)
-    bk = _clamp_pow2((lmax + 1) * cin, 16, 64)
+    be, bn, bk, nw = _grad_weight_tiles(dev, lmax, cin, cout, x.dtype)
     tiles = triton.cdiv((lmax + 1) * cout, bn) * triton.cdiv((lmax + 1) * cin, bk) * (mmax + 1)
     if dev.type == "cpu":
         split = 1
@@ -265,7 +290,7 @@ def so2_grad_weight(grad, x, modulation, lmax, mmax, cin, cout):
         _so2_grad_weight_kernel[grid](
             grad, x, mod, woff, part, e, cin, cout, num_mod(lmax, mmax), wsize, split, chunk,
             LMAX=lmax, M0=m0, PAIR=pair, MOD_IN=modulation is not None, ACC=tl_acc(x.dtype),
-            BLOCK_E=be, BLOCK_N=bn, BLOCK_K=bk,
+            BLOCK_E=be, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw,
         )
     return part.sum(0).to(x.dtype)
 

@@ -41,7 +41,12 @@ from .so2_linear import block_offsets, so2_apply, so2_grad_weight
 
 @triton.constexpr_function
 def _pow2(n):
-    return triton.next_power_of_2(n)
+    """Smallest power of two ``>= n``.  Builtins only: calling ``triton.next_power_of_2``
+    (itself a constexpr function in Triton >= 3.5) from here fails when compiling for a GPU."""
+    p = 1
+    while p < n:
+        p *= 2
+    return p
 
 
 @triton.constexpr_function
@@ -73,13 +78,17 @@ def _degree_message(
     for m in tl.static_range(_min(L, MMAX) + 1):
         LM = LMAX - m + 1
         woff1 = tl.load(woff_ptr + m)
-        woff2 = woff1 + LM * LM * CI * CO
-        moff: tl.constexpr = m * (LMAX + 1) - m * (m - 1) // 2
+        woff2 = woff1 + (LM * LM * CI).to(tl.int64) * CO
+        # Inside static loops, `X: tl.constexpr = ...` cannot be used (the compiler, unlike the
+        # interpreter, rejects re-binding it on the next unrolled iteration) and a plain `X = ...`
+        # turns into a scalar tensor: fine for index arithmetic, but every shape below is
+        # therefore spelled inline from the static indices.
+        moff = m * (LMAX + 1) - m * (m - 1) // 2
         y_p = tl.zeros((BLOCK_E, BLOCK_CO), ACC)
         y_n = tl.zeros((BLOCK_E, BLOCK_CO), ACC)
         for lp in tl.static_range(m, LMAX + 1):
-            NJ: tl.constexpr = 2 * lp + 1
-            j = tl.arange(0, _pow2(NJ)).to(tl.int64)
+            NJ = 2 * lp + 1
+            j = tl.arange(0, _pow2(2 * lp + 1)).to(tl.int64)
             mj = j < NJ
             m_ej = me[:, None] & mj[None, :]
             # rows +-m of D_{l'}: the only frame coefficients this order needs
@@ -144,9 +153,9 @@ def _so2_message_fwd_kernel(
         seg_lo = tl.load(rowptr_ptr + pid.to(tl.int64) * BLOCK_T)
         seg_hi = tl.load(rowptr_ptr + tl.minimum(pid.to(tl.int64) * BLOCK_T + BLOCK_T, N))
         for l in tl.static_range(LMAX + 1):
-            NL: tl.constexpr = 2 * l + 1
-            NLP: tl.constexpr = _pow2(NL)
-            acc = tl.zeros((BLOCK_T, NLP * BLOCK_CO), ACC)
+            # shapes spelled from the static index (see _degree_message for why no `NL: tl.constexpr`)
+            NL = 2 * l + 1
+            acc = tl.zeros((BLOCK_T, _pow2(2 * l + 1) * BLOCK_CO), ACC)
             for p0 in range(seg_lo, seg_hi, BLOCK_E):
                 pos = p0 + tl.arange(0, BLOCK_E).to(tl.int64)
                 me = pos < seg_hi
@@ -156,8 +165,8 @@ def _so2_message_fwd_kernel(
                 contrib = _degree_message(x_ptr, wig_ptr, W_ptr, woff_ptr, mod_ptr, e64, me, src, co, mco, CI, CO, NM,
                                           l, LMAX, MMAX, MOD, ACC, BLOCK_E, BLOCK_CO, BLOCK_CI)
                 onehot = (tgt[None, :] == t[:, None]).to(ACC)
-                acc += tl.dot(onehot, tl.reshape(contrib, (BLOCK_E, NLP * BLOCK_CO)), input_precision="ieee").to(ACC)
-            f = tl.arange(0, NLP * BLOCK_CO).to(tl.int64)
+                acc += tl.dot(onehot, tl.reshape(contrib, (BLOCK_E, _pow2(2 * l + 1) * BLOCK_CO)), input_precision="ieee").to(ACC)
+            f = tl.arange(0, _pow2(2 * l + 1) * BLOCK_CO).to(tl.int64)
             a = f // BLOCK_CO
             cf = tl.program_id(1) * BLOCK_CO + f % BLOCK_CO
             ptr = out_ptr + t[:, None] * (K * CO) + ((l * l + a) * CO + cf)[None, :]
@@ -169,8 +178,8 @@ def _so2_message_fwd_kernel(
         src = tl.load(src_ptr + e64, mask=me, other=0)
         tgt = tl.load(tgt_ptr + e64, mask=me, other=0)
         for l in tl.static_range(LMAX + 1):
-            NL: tl.constexpr = 2 * l + 1
-            a = tl.arange(0, _pow2(NL)).to(tl.int64)
+            NL = 2 * l + 1
+            a = tl.arange(0, _pow2(2 * l + 1)).to(tl.int64)
             contrib = _degree_message(x_ptr, wig_ptr, W_ptr, woff_ptr, mod_ptr, e64, me, src, co, mco, CI, CO, NM,
                                       l, LMAX, MMAX, MOD, ACC, BLOCK_E, BLOCK_CO, BLOCK_CI)
             ptr = out_ptr + tgt[:, None, None] * (K * CO) + ((l * l + a) * CO)[None, :, None] + co[None, None, :]
@@ -204,7 +213,7 @@ def csr_by(index: torch.Tensor, n: int):
 def segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     """Deterministic ``out[i] = sum_{e: index[e] = i} values[e]`` for ``values [E, ...]`` -> ``[n, ...]``."""
     out = torch.empty((n,) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device)
-    if n == 0:
+    if n == 0 or out.numel() == 0:  # a grid axis of size 0 is invalid on a GPU
         return out
     perm, rowptr = csr_by(index, n)
     r = values[0].numel() if values.shape[0] else int(torch.tensor(values.shape[1:]).prod())
