@@ -17,6 +17,7 @@ Layout (one job per module):
 * ``timer``, ``memory``, ``peaks``, ``device``  measurement.
 * ``runner``     correctness first, then timing, memory and speedups.
 * ``report``, ``schema``, ``plots``, ``compare``  output.
+* ``checkpoint`` atomic writes, the per-case partial document and ``--resume``.
 
 Models get benchmarked by registering an ``Entry`` of ``kind="model"``
 (see ``registry.Entry``); ``python -m bench all`` then includes them.

@@ -3,7 +3,9 @@
 Also ``python -m bench compare A.json B.json [--out FILE]``.
 
 Results go to ``DIR/<device-name>/<quick|full>.{json,md}`` plus PNG plots
-(``DIR`` defaults to ``bench/results``).  The exit status is 1 when any
+(``DIR`` defaults to ``bench/results``).  While the run goes, the document so
+far is rewritten atomically to ``<quick|full>.partial.json`` after every
+finished case; ``--resume`` continues an interrupted run from it.  The exit status is 1 when any
 so2ops backend failed its correctness check or crashed, so CI catches it.
 """
 from __future__ import annotations
@@ -58,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-budget-gb", type=float, default=None, help="skip cases estimated above this (default: 70%% of GPU memory, 30%% of free RAM on CPU)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run of the same name: reuse the finished cases of OUT/<device>/<name>.partial.json "
+                         "(or <name>.json) when it was produced with the same options")
     ap.add_argument("--allow-tf32", action="store_true", help="let float32 matmuls (reference, baselines) use TF32 tensor cores")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     ap.add_argument("--seed", type=int, default=0)
@@ -69,6 +74,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from .checkpoint import Checkpoint, ResumeError, fingerprint, load_resume, paths as run_paths
     from .registry import select_entries
     from .report import write_all
     from .runner import Options, run
@@ -98,10 +104,27 @@ def main(argv=None) -> int:
                    mem_budget_bytes=mem_budget, memory=not args.no_memory, allow_tf32=args.allow_tf32,
                    seed=args.seed, dtypes=args.dtype, modes=args.mode)
     t0 = time.perf_counter()
-    doc = run(select_entries(args.targets), opts, argv)
+    entries = select_entries(args.targets)
     out_dir = os.path.join(args.out, devinfo.results_dirname(device))
     stem = args.name or ("quick" if args.quick else "full")
+    partial_path, _ = run_paths(out_dir, stem)
+    resume = None
+    if args.resume:
+        try:
+            resume = load_resume(out_dir, stem, fingerprint(opts, entries))
+        except ResumeError as exc:
+            print(f"bench: cannot resume: {exc}", file=sys.stderr)
+            return 2
+        if resume is None:
+            print(f"bench: --resume: no earlier run {stem} in {out_dir}; starting from scratch", file=sys.stderr)
+    elif os.path.exists(partial_path):
+        print(f"bench: the unfinished run {partial_path} will be overwritten (pass --resume to continue it instead)",
+              file=sys.stderr)
+    checkpoint = Checkpoint(partial_path)
+    doc = run(entries, opts, argv, checkpoint=checkpoint, resume=resume)
     paths = write_all(doc, out_dir, stem, plots=not args.no_plots)
+    # only once the final files are in place: a crash while writing them keeps the finished work
+    checkpoint.remove()
     rows = doc["rows"]
     bad = [r for r in rows if r["status"] == "failed" or (r["status"] == "error" and r["impl_kind"] == "backend")]
     warn = [r for r in rows if r["status"] == "error" and r["impl_kind"] == "baseline"]

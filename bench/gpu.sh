@@ -9,8 +9,10 @@
 #    `pip install --no-build-isolation --no-deps --no-index -e .` (no download,
 #    no torch re-resolution), falling back to `setup.py build_ext --inplace`;
 # 2. runs the tests marked `gpu`;
-# 3. runs `python -m bench all --device cuda`, writing JSON, Markdown and plots
-#    to bench/results/<gpu-name>/ (BENCH_OUT overrides the root).
+# 3. runs `python -m bench all --device cuda --resume`, writing JSON, Markdown and plots
+#    to bench/results/<gpu-name>/ (BENCH_OUT overrides the root).  The finished
+#    cases are checkpointed as they go, so rerunning the script after a
+#    time-out continues where the last run stopped.
 #
 # Environment: PYTHON (default python3), MAX_JOBS (default: all cores),
 # WHEELS (a folder of .whl files to install first, e.g. e3nn where missing),
@@ -63,7 +65,10 @@ echo "== GPU tests"
 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --continue-on-collection-errors || status=1
 
 echo "== benchmarks"
-"$PY" -m bench all --device cuda --out "$OUT" "$@" || status=1
+# --resume: rerunning this script after a time-out or a lost machine continues the
+# sweep from bench/results/<gpu>/<name>.partial.json instead of timing it again
+# (a run with other options stops with an error naming the option that differs).
+"$PY" -m bench all --device cuda --resume --out "$OUT" "$@" || status=1
 
 echo "== done (status $status); results in $OUT"
 exit $status

@@ -9,7 +9,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .checkpoint import atomic_write  # noqa: E402
+
 MARKERS = "osD^v<>pP*X"
+
+
+def _save(fig, path: str) -> None:
+    """PNG written atomically (temp file + rename), so an interrupted run leaves no half image."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
 
 
 def _rows(doc: Dict, entry: str, tag: str, dtype: str = "float32", mode: str = "fwdbwd") -> List[Dict]:
@@ -59,7 +66,7 @@ def plot_lmax(doc: Dict, path: str) -> bool:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -85,7 +92,7 @@ def plot_edges(doc: Dict, path: str) -> bool:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -122,7 +129,7 @@ def plot_roofline(doc: Dict, path: str) -> bool:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return True
 

@@ -1,10 +1,10 @@
-"""Writers: the JSON document and a Markdown report of one run."""
+"""Writers: the JSON document and a Markdown report of one run (every file written atomically)."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Optional
 
+from .checkpoint import atomic_write_json, atomic_write_text
 from .schema import validate
 
 SHORT = {"lmax": "l", "mmax": "m"}
@@ -19,10 +19,9 @@ def _f(v: Optional[float], spec: str, none: str = "-") -> str:
 
 
 def write_json(doc: Dict, path: str) -> None:
+    """Validate, then write atomically (a killed run never leaves a torn file)."""
     validate(doc)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=False)
-        f.write("\n")
+    atomic_write_json(path, doc)
 
 
 def _table(header: List[str], rows: List[List[str]]) -> List[str]:
@@ -133,8 +132,7 @@ def write_all(doc: Dict, out_dir: str, stem: str, plots: bool = True) -> List[st
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")]
     write_json(doc, paths[0])
-    with open(paths[1], "w") as f:
-        f.write(markdown(doc))
+    atomic_write_text(paths[1], markdown(doc))
     if plots:
         from .plots import make_plots
 

@@ -13,6 +13,10 @@ For every case (entry x shape x dtype):
 
 Then speedups against every baseline of the same case and mode, the
 percentage of peak, and the issue's targets are filled in.
+
+After every case the document so far is handed to a ``Checkpoint`` (written
+atomically to ``<stem>.partial.json``); a ``ResumeState`` read back from it
+makes a later run reuse the finished cases (``bench.checkpoint``).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import torch
 import so2ops
 
 from . import SCHEMA_VERSION, device as devinfo, memory, peaks as peaktab
+from .checkpoint import Checkpoint, ResumeState, case_key, fingerprint
 from .registry import Case, Entry, Impl, Workload
 from .timer import Budget, timer_for, timer_name
 from .workloads import dtype_name, seeded_like, step
@@ -340,21 +345,102 @@ def evaluate_targets(rows: List[Dict], device: torch.device) -> List[Dict]:
     return out
 
 
-def run(entries: Sequence[Entry], opts: Options, argv: Sequence[str] = ()) -> Dict:
-    """Run the benchmark; returns the result document (see ``bench.schema``)."""
+def _static_meta(opts: Options) -> Dict:
+    """The parts of ``meta`` that do not change during a run (gathered once: ``versions`` runs git)."""
+    return {"device": devinfo.info(opts.device), "versions": devinfo.versions(), "backends": so2ops.backends()}
+
+
+def _meta(opts: Options, argv: Sequence[str], rows: List[Dict], mem_method: str, elapsed_s: float,
+          load_start, fp: Dict, resume: Optional[ResumeState], static: Dict) -> Tuple[Dict, Optional[Dict], Dict[str, float]]:
+    """The ``meta`` block of a document (and the datasheet and measured peaks it names)."""
+    name = devinfo.device_name(opts.device)
+    datasheet = peaktab.gpu_peaks(name) if opts.device.type == "cuda" else None
+    measured = measured_peaks(rows, opts.device)
+    meta = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "argv": list(argv),
+        "quick": opts.quick,
+        "device": static["device"],
+        "versions": static["versions"],
+        "backends": static["backends"],
+        "timer": timer_name(opts.device),
+        "budget": {"warmup": opts.budget.warmup, "target_s": opts.budget.target_s,
+                   "min_reps": opts.budget.min_reps, "max_reps": opts.budget.max_reps},
+        "memory_method": mem_method if opts.memory else "disabled",
+        "mem_budget_bytes": opts.mem_budget_bytes,
+        "allow_tf32": opts.allow_tf32,
+        "peaks": {"datasheet": datasheet, "measured": measured,
+                  "used": "datasheet" if datasheet else "measured"},
+        # wall time of the whole run, every resumed session included
+        "elapsed_s": elapsed_s,
+        "loadavg_start": load_start,
+        "fingerprint": fp,
+        "resume": None if resume is None else {
+            "from": os.path.basename(resume.path), "cases_reused": len(resume.cases_done),
+            "elapsed_before_s": resume.elapsed_s},
+    }
+    return meta, datasheet, measured
+
+
+def run(entries: Sequence[Entry], opts: Options, argv: Sequence[str] = (),
+        checkpoint: Optional[Checkpoint] = None, resume: Optional[ResumeState] = None) -> Dict:
+    """Run the benchmark; returns the result document (see ``bench.schema``).
+
+    ``checkpoint``: receives the document so far after every finished case
+    (``bench.checkpoint``).  ``resume``: the finished cases of an interrupted
+    run with the same options; their rows are reused, not timed again, and
+    their CPU memory jobs still pending are measured with this run's.
+    """
     torch.backends.cuda.matmul.allow_tf32 = opts.allow_tf32
     torch.backends.cudnn.allow_tf32 = opts.allow_tf32
     t_start = time.perf_counter()
+    before_s = resume.elapsed_s if resume else 0.0
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    fp = fingerprint(opts, entries)
+    static = _static_meta(opts)
     rows: List[Dict] = []
     mem_jobs: List[Tuple[Dict, Dict]] = []
+    done: List[str] = []
+    reused = set(resume.cases_done) if resume else set()
+    if resume:
+        mem_jobs += resume.pending_memory
+        _log(opts, f"resuming {resume.path}: {len(reused)} finished cases are reused, not timed again")
+    mem_method = memory.METHOD_CUDA if opts.device.type == "cuda" else memory.METHOD_CPU
+
+    def snapshot() -> Dict:
+        # reused cases the loop has not reached yet stay in the checkpoint (never lose finished work)
+        ahead = [k for k in resume.cases_done if k not in set(done)] if resume else []
+        snap_rows = rows + [r for k in ahead for r in resume.rows_by_case.get(k, [])]
+        index = {id(r): i for i, r in enumerate(snap_rows)}
+        meta, _, _ = _meta(opts, argv, snap_rows, mem_method, before_s + time.perf_counter() - t_start, load_start,
+                           fp, resume, static)
+        return {"schema": SCHEMA_VERSION, "meta": meta, "rows": snap_rows, "targets": [],
+                "progress": {"complete": False, "cases_done": done + ahead,
+                             "pending_memory": [{"row": index[id(r)], "job": j} for r, j in mem_jobs if id(r) in index]}}
+
     for entry in entries:
-        impls = entry.impls(opts.device)
+        impls = None
         for case in entry.cases(opts.quick, opts.device):
             if opts.dtypes and dtype_name(case.dtype) not in opts.dtypes and entry.kind != "sanity":
                 continue
+            key = case_key(entry.name, case.shape, dtype_name(case.dtype))
+            if key in reused:
+                # rows come back in run order, so a resumed document equals an uninterrupted one
+                rows += resume.rows_by_case.get(key, [])
+                done.append(key)
+                continue
+            if impls is None:
+                impls = entry.impls(opts.device)
             rows += run_case(entry, case, impls, opts, mem_jobs)
-    mem_method = memory.METHOD_CUDA if opts.device.type == "cuda" else memory.METHOD_CPU
+            done.append(key)
+            if checkpoint is not None:
+                checkpoint.save(snapshot())
+    if resume:
+        gone = [k for k in resume.cases_done if k not in set(done)]
+        if gone:  # the sweep definitions changed between the sessions
+            _log(opts, f"resume: {len(gone)} finished cases are no longer in the sweep; their rows are dropped")
+    mem_ids = {id(r) for r in rows}
+    mem_jobs = [(r, j) for r, j in mem_jobs if id(r) in mem_ids]
     if mem_jobs:
         _log(opts, f"measuring peak memory of {len(mem_jobs)} fwd+bwd rows in a worker process ...")
         results = memory.measure_cpu_jobs([j for _, j in mem_jobs], timeout_s=120 + 60 * len(mem_jobs))
@@ -365,30 +451,13 @@ def run(entries: Sequence[Entry], opts: Options, argv: Sequence[str] = ()) -> Di
                 row["peak_mem_bytes"] = int(res["peak_bytes"])
                 mem_method = res["method"]
     fill_speedups(rows)
-    name = devinfo.device_name(opts.device)
-    datasheet = peaktab.gpu_peaks(name) if opts.device.type == "cuda" else None
-    measured = measured_peaks(rows, opts.device)
+    meta, datasheet, measured = _meta(opts, argv, rows, mem_method, before_s + time.perf_counter() - t_start,
+                                      load_start, fp, resume, static)
     fill_peaks(rows, opts.device, datasheet, measured)
     return {
         "schema": SCHEMA_VERSION,
-        "meta": {
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "argv": list(argv),
-            "quick": opts.quick,
-            "device": devinfo.info(opts.device),
-            "versions": devinfo.versions(),
-            "backends": so2ops.backends(),
-            "timer": timer_name(opts.device),
-            "budget": {"warmup": opts.budget.warmup, "target_s": opts.budget.target_s,
-                       "min_reps": opts.budget.min_reps, "max_reps": opts.budget.max_reps},
-            "memory_method": mem_method if opts.memory else "disabled",
-            "mem_budget_bytes": opts.mem_budget_bytes,
-            "allow_tf32": opts.allow_tf32,
-            "peaks": {"datasheet": datasheet, "measured": measured,
-                      "used": "datasheet" if datasheet else "measured"},
-            "elapsed_s": time.perf_counter() - t_start,
-            "loadavg_start": load_start,
-        },
+        "meta": meta,
         "rows": rows,
         "targets": evaluate_targets(rows, opts.device),
+        "progress": {"complete": True, "cases_done": done, "pending_memory": []},
     }

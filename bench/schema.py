@@ -9,9 +9,15 @@ Document::
      "meta": {"created", "argv", "quick", "device": {"type", "name", "dirname", ...},
               "versions": {...}, "backends": {...}, "timer", "budget", "memory_method",
               "mem_budget_bytes", "allow_tf32", "peaks": {"datasheet", "measured", "used"},
-              "elapsed_s"},
+              "elapsed_s",
+              optional: "fingerprint": {option: value}, "resume": null | {...}},
      "rows": [ROW, ...],
-     "targets": [{"entry", "impl", "metric", "goal", "cmp", "value", "met", "binding", "shape", "note"}]}
+     "targets": [{"entry", "impl", "metric", "goal", "cmp", "value", "met", "binding", "shape", "note"}],
+     optional "progress": {"complete": bool, "cases_done": [str], "pending_memory": [{"row": int, "job": {...}}]}}
+
+A partial document (``<stem>.partial.json``, rewritten after every finished
+case, see ``bench.checkpoint``) is a valid document with ``progress.complete``
+false and no targets yet.
 
     ROW = {"entry", "kind": op|model|sanity, "impl", "impl_kind": backend|baseline,
            "is_baseline", "shape": {...}, "dtype", "mode": fwd|bwd|fwdbwd, "tags": [...],
@@ -97,3 +103,15 @@ def validate(doc: Any) -> None:
     for i, t in enumerate(doc["targets"]):
         _keys(t, TARGET, f"$.targets[{i}]")
         _req(_num_or_none(t["value"]), f"$.targets[{i}].value", "expected a number or null")
+    if "progress" in doc:
+        p = doc["progress"]
+        _keys(p, ("complete", "cases_done", "pending_memory"), "$.progress")
+        _req(isinstance(p["complete"], bool), "$.progress.complete", "expected true or false")
+        _req(isinstance(p["cases_done"], list) and all(isinstance(k, str) for k in p["cases_done"]),
+             "$.progress.cases_done", "expected a list of case keys")
+        _req(len(set(p["cases_done"])) == len(p["cases_done"]), "$.progress.cases_done", "a case is listed twice")
+        _req(isinstance(p["pending_memory"], list), "$.progress.pending_memory", "expected a list")
+        for i, j in enumerate(p["pending_memory"]):
+            _keys(j, ("row", "job"), f"$.progress.pending_memory[{i}]")
+            _req(isinstance(j["row"], int) and 0 <= j["row"] < len(doc["rows"]),
+                 f"$.progress.pending_memory[{i}].row", "expected the index of a row")

@@ -6,7 +6,10 @@
   (``torch.utils.flop_counter.FlopCounterMode``) of the reference on tiny cases;
 * the eSCN-style baseline computes exactly the reference's function;
 * the CPU peak-memory method sees torch allocations;
-* ``compare`` and the schema validator behave.
+* ``compare`` and the schema validator behave;
+* an interrupted run keeps its finished cases in ``<name>.partial.json``
+  (atomically written, schema-valid) and ``--resume`` completes it without
+  timing them again, refusing a run with other options.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import so2ops
 from bench import SCHEMA_VERSION, memory
 from bench.baselines import e3nn_tp, escn_dense
 from bench.compare import compare
+from bench.runner import run_case as _REAL_RUN_CASE
 from bench.ops import edge_wigner as W
 from bench.ops import rotate as R
 from bench.ops import so2_linear as L
@@ -228,3 +232,140 @@ def test_summarize_quantiles():
     s = summarize([3.0, 1.0, 2.0, 5.0, 4.0])
     assert s["min"] == 1.0 and s["median"] == 3.0 and s["n"] == 5
     assert s["min"] <= s["q20"] <= s["median"] <= s["q80"]
+
+
+# ---------------------------------------------------------------- resumable runs
+#: the smallest selection: the two sanity entries (always run) and one rotate case, forward only, tiny budget
+RESUME_ARGS = ["rotate", "--quick", "--device", "cpu", "--no-memory", "--no-plots", "--dtype", "float32",
+               "--mode", "fwd", "--target-s", "0.002", "--min-reps", "1", "--warmup", "0", "--name", "resume"]
+
+
+class _Interrupt(Exception):
+    """Stands for a killed job: raised by the patched runner in the middle of a run."""
+
+
+def _bench_main(monkeypatch, out, extra=(), fail_at=None, base=RESUME_ARGS):
+    """Run ``python -m bench`` in-process; returns (exit code, keys of the cases actually run).
+
+    ``fail_at=k``: the k-th case (0-based) to reach ``run_case`` raises instead of running.
+    """
+    from bench import __main__ as cli, runner
+    from bench.checkpoint import case_key
+    from bench.workloads import dtype_name
+
+    ran = []
+    real = _REAL_RUN_CASE  # not runner.run_case: an earlier call of this test may have patched it
+
+    def counting(entry, case, impls, opts, mem_jobs):
+        if fail_at is not None and len(ran) == fail_at:
+            raise _Interrupt(f"interrupted before {entry.name}")
+        ran.append(case_key(entry.name, case.shape, dtype_name(case.dtype)))
+        return real(entry, case, impls, opts, mem_jobs)
+
+    monkeypatch.setattr(runner, "run_case", counting)
+    rc = cli.main(list(base) + ["--out", str(out)] + list(extra))
+    return rc, ran
+
+
+def _row_id(r):
+    return (r["entry"], r["impl"], json.dumps(r["shape"], sort_keys=True), r["dtype"], r["mode"])
+
+
+def _run_dir(out):
+    (d,) = [p for p in out.iterdir() if p.is_dir()]
+    return d
+
+
+def test_interrupted_run_resumes_without_retiming(tmp_path, monkeypatch, capsys):
+    from bench.checkpoint import row_case_key
+
+    with pytest.raises(_Interrupt):
+        _bench_main(monkeypatch, tmp_path, fail_at=1)
+    d = _run_dir(tmp_path)
+    partial = d / "resume.partial.json"
+    assert partial.exists() and not (d / "resume.json").exists()
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")], "temp files left behind"
+    pdoc = json.loads(partial.read_text())
+    validate(pdoc)  # the partial document is a valid document too
+    assert pdoc["progress"]["complete"] is False and len(pdoc["progress"]["cases_done"]) == 1
+    first = pdoc["progress"]["cases_done"][0]
+    assert pdoc["rows"] and all(row_case_key(r) == first for r in pdoc["rows"])
+    timed_before = {_row_id(r): r["time_s"] for r in pdoc["rows"]}
+
+    rc, ran = _bench_main(monkeypatch, tmp_path, ["--resume"])
+    assert rc == 0
+    assert ran and first not in ran, "a finished case was timed again"
+    assert "1 finished cases are reused" in capsys.readouterr().err
+    assert not partial.exists(), "the partial file must go once the final files are written"
+    doc = json.loads((d / "resume.json").read_text())
+    validate(doc)
+    ids = [_row_id(r) for r in doc["rows"]]
+    assert len(ids) == len(set(ids)), "a row appears twice"
+    # every case exactly once: the reused one plus the ones run now, in run order
+    assert doc["progress"]["cases_done"] == [first] + ran and doc["progress"]["complete"] is True
+    assert {row_case_key(r) for r in doc["rows"]} == set(doc["progress"]["cases_done"])
+    for r in doc["rows"]:
+        if _row_id(r) in timed_before:
+            assert r["time_s"] == timed_before[_row_id(r)], "a reused row was re-timed"
+    assert any(r["entry"] == "rotate" and r["status"] == "ok" for r in doc["rows"])
+    assert doc["meta"]["resume"]["cases_reused"] == 1 and doc["meta"]["fingerprint"]["modes"] == ["fwd"]
+
+    # resuming a finished run times nothing and keeps every row
+    rc, ran = _bench_main(monkeypatch, tmp_path, ["--resume"])
+    assert rc == 0 and ran == []
+    again = json.loads((d / "resume.json").read_text())
+    assert [_row_id(r) for r in again["rows"]] == ids
+
+
+def test_resume_measures_pending_cpu_memory(tmp_path, monkeypatch):
+    """Killed during the CPU memory pass: the resumed run times nothing and measures what was pending."""
+    def killed(*args, **kwargs):
+        raise _Interrupt("killed while measuring memory")
+
+    memory_on = [a for a in RESUME_ARGS if a != "--no-memory"]
+    memory_on[memory_on.index("fwd")] = "fwdbwd"
+    monkeypatch.setattr(memory, "measure_cpu_jobs", killed)
+    with pytest.raises(_Interrupt):
+        _bench_main(monkeypatch, tmp_path, base=memory_on)
+    d = _run_dir(tmp_path)
+    pdoc = json.loads((d / "resume.partial.json").read_text())
+    pending = pdoc["progress"]["pending_memory"]
+    assert pending and all(pdoc["rows"][p["row"]]["entry"] == "rotate" for p in pending)
+    monkeypatch.undo()  # the real memory worker back
+    rc, ran = _bench_main(monkeypatch, tmp_path, ["--resume"], base=memory_on)
+    assert rc == 0 and ran == []
+    doc = json.loads((d / "resume.json").read_text())
+    validate(doc)
+    measured = [r for r in doc["rows"] if r["entry"] == "rotate" and r["status"] == "ok"]
+    assert len(measured) == len(pending) and all(r["peak_mem_bytes"] and r["peak_mem_bytes"] > 0 for r in measured)
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    from bench.checkpoint import atomic_write, atomic_write_text
+
+    path = tmp_path / "doc.json"
+    atomic_write_text(str(path), "old")
+
+    def broken(f):
+        f.write("half a docu")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(str(path), broken)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["doc.json"]
+
+
+def test_resume_refuses_other_options(tmp_path, monkeypatch, capsys):
+    with pytest.raises(_Interrupt):
+        _bench_main(monkeypatch, tmp_path, fail_at=1)
+    partial = _run_dir(tmp_path) / "resume.partial.json"
+    before = partial.read_bytes()
+    capsys.readouterr()
+    rc, ran = _bench_main(monkeypatch, tmp_path, ["--resume", "--mode", "bwd"])
+    err = capsys.readouterr().err
+    assert rc == 2 and ran == [] and "modes" in err and "cannot resume" in err, err
+    assert partial.read_bytes() == before
+    # without --resume the unfinished run is announced as overwritten (here: killed again before a case ends)
+    with pytest.raises(_Interrupt):
+        _bench_main(monkeypatch, tmp_path, fail_at=0)
+    assert "will be overwritten" in capsys.readouterr().err
