@@ -19,6 +19,17 @@ def _save(fig, path: str) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
 
 
+def _finish(fig, axes, path: str, legend_loc: str = "best") -> bool:
+    """Grid and legend on every axis, then lay out, save atomically and free the figure."""
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc=legend_loc)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
 def _rows(doc: Dict, entry: str, tag: str, dtype: str = "float32", mode: str = "fwdbwd") -> List[Dict]:
     return [r for r in doc["rows"] if r["status"] == "ok" and r["entry"] == entry and tag in r["tags"]
             and r["dtype"] == dtype and r["mode"] == mode]
@@ -62,13 +73,7 @@ def plot_lmax(doc: Dict, path: str) -> bool:
              title=f"so2_message fwd+bwd, C={shape['C']}, E={shape['E']}")
     ax_s.axhline(1.0, color="gray", lw=0.8)
     ax_s.set(yscale="log", xlabel="lmax", ylabel="speedup vs reference backend", title="speedup vs lmax")
-    for ax in (ax_t, ax_s):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return True
+    return _finish(fig, (ax_t, ax_s), path)
 
 
 def plot_edges(doc: Dict, path: str) -> bool:
@@ -88,13 +93,7 @@ def plot_edges(doc: Dict, path: str) -> bool:
     ax_t.set(xscale="log", yscale="log", xlabel="edges", ylabel="fwd+bwd time (ms)",
              title=f"so2_message fwd+bwd vs edges, lmax={s['lmax']}, mmax={s['mmax']}, C={s['C']}")
     ax_m.set(xscale="log", yscale="log", xlabel="edges", ylabel="peak fwd+bwd memory (MiB)", title="peak memory vs edges")
-    for ax in (ax_t, ax_m):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return True
+    return _finish(fig, (ax_t, ax_m), path)
 
 
 def plot_roofline(doc: Dict, path: str) -> bool:
@@ -126,12 +125,7 @@ def plot_roofline(doc: Dict, path: str) -> bool:
         ax.scatter([], [], color="gray", marker=style[i], label=i)
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / compulsory byte)", ylabel="achieved GFLOP/s",
            title=f"roofline, float32 fwd+bwd, {doc['meta']['device']['name']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return True
+    return _finish(fig, (ax,), path, legend_loc="lower right")
 
 
 def make_plots(doc: Dict, out_dir: str, stem: str) -> List[str]:
