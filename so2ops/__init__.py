@@ -6,18 +6,31 @@ Public API::
     local  = so2ops.rotate(x, wigner, lmax, index=src)     # [E, (lmax+1)^2, C]
     y      = so2ops.so2_linear(local, weight, lmax, mmax, C_out, modulation)
     out    = so2ops.so2_message(x, wigner, edge_index, weight, lmax, mmax, C_out, modulation)
+    y      = so2ops.so2_tensor_product(local, w_in, coeffs, w_out, lmax, mmax, C_out)
+    H      = so2ops.assemble_blocks(features, wigner, layout, atomic_numbers, items, batch)
 
 Conventions are in docs/conventions.md, the math in docs/math.md.
 """
 from . import layout, nn, reference
 from .dispatch import backends, current_backend, use_backend
-from .layout import LMAX_SUPPORTED, num_coeffs, num_mod, weight_size, wigner_size
-from .ops import edge_wigner, rotate, so2_linear, so2_message
+from .basis_layout import BasisLayout, e3nn_to_pyscf
+from .block_tables import block_channels
+from .layout import LMAX_SUPPORTED, num_coeffs, num_mod, tp_grid_size, tp_in_size, tp_out_size, weight_size, wigner_size
+from .ops import HamiltonianIndex, assemble_blocks, edge_wigner, rotate, so2_linear, so2_message, so2_tensor_product
 from .reference import wigner_to_dense
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BasisLayout",
+    "HamiltonianIndex",
+    "assemble_blocks",
+    "block_channels",
+    "e3nn_to_pyscf",
+    "so2_tensor_product",
+    "tp_grid_size",
+    "tp_in_size",
+    "tp_out_size",
     "LMAX_SUPPORTED",
     "backends",
     "current_backend",

@@ -79,3 +79,59 @@ def weight_size(lmax: int, mmax: int, in_channels: int, out_channels: int) -> in
     """Number of packed SO(2) weights."""
     b = weight_blocks(lmax, mmax, in_channels, out_channels)[-1]
     return b[2] + b[3] * b[4]
+
+
+# ---------------------------------------------------------------- so2_tensor_product
+def spectral_size(mmax: int) -> int:
+    """Rows of a spectral (circle-function) tensor: orders ``m = -mmax..mmax``, row ``m + mmax``."""
+    return 2 * mmax + 1
+
+
+def tp_grid_size(mmax: int, body_order: int) -> int:
+    """Points of the uniform angle grid of ``so2_tensor_product``.
+
+    A product of ``body_order`` band-limited functions of order ``<= mmax`` has
+    orders up to ``body_order * mmax``.  On ``G`` uniform points order ``k``
+    aliases onto ``|k - G|``, so with ``G = (body_order + 1) * mmax + 1`` every
+    alias lands above ``mmax``: the projection onto orders ``|m| <= mmax`` is
+    exact (the smallest such grid; docs/math.md section 5).
+    """
+    return (body_order + 1) * mmax + 1
+
+
+def tp_in_blocks(lmax: int, mmax: int, in_channels: int, hidden: int):
+    """``[(m, kind, offset, rows, cols)]`` of one packed input-mixing weight.
+
+    Per order ``m``: ``W0[hidden, L0*C_in]`` (``m = 0``) or ``W1_m, W2_m``
+    ``[hidden, Lm*C_in]``; columns ``(l - m)*C_in + c``.
+    """
+    blocks, off = [], 0
+    for m in range(mmax + 1):
+        cols = (lmax - m + 1) * in_channels
+        for kind in (("w0",) if m == 0 else ("w1", "w2")):
+            blocks.append((m, kind, off, hidden, cols))
+            off += hidden * cols
+    return blocks
+
+
+def tp_out_blocks(lmax: int, mmax: int, hidden: int, out_channels: int):
+    """``[(m, kind, offset, rows, cols)]`` of the packed output weight: ``[Lm*C_out, hidden]`` per block."""
+    blocks, off = [], 0
+    for m in range(mmax + 1):
+        rows = (lmax - m + 1) * out_channels
+        for kind in (("w0",) if m == 0 else ("w1", "w2")):
+            blocks.append((m, kind, off, rows, hidden))
+            off += rows * hidden
+    return blocks
+
+
+def tp_in_size(lmax: int, mmax: int, in_channels: int, hidden: int) -> int:
+    """Size of one factor's packed input-mixing weight (``w_in`` is ``[body_order, tp_in_size]``)."""
+    b = tp_in_blocks(lmax, mmax, in_channels, hidden)[-1]
+    return b[2] + b[3] * b[4]
+
+
+def tp_out_size(lmax: int, mmax: int, hidden: int, out_channels: int) -> int:
+    """Size of the packed output weight ``w_out`` of ``so2_tensor_product``."""
+    b = tp_out_blocks(lmax, mmax, hidden, out_channels)[-1]
+    return b[2] + b[3] * b[4]

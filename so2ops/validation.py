@@ -77,3 +77,11 @@ def check_edge_vec_values(edge_vec: torch.Tensor) -> None:
     if not bool((norm > 0).all()):
         bad = torch.nonzero(norm == 0)[0].item()
         raise ValueError(f"edge_vec has zero-length edges (e.g. edge {bad}); remove self-loops first")
+
+
+def check_finite_values(name: str, t: torch.Tensor) -> None:
+    """Data check: no NaN / inf entries in ``t``."""
+    if t.numel() == 0 or not check_values_enabled():
+        return
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} has non-finite (NaN/inf) entries")

@@ -3,5 +3,7 @@ from .edge_wigner import edge_wigner
 from .rotate import rotate
 from .so2_linear import so2_linear
 from .so2_message import so2_message
+from .so2_tensor_product import so2_tensor_product
+from .assemble_blocks import HamiltonianIndex, assemble_blocks
 
-__all__ = ["edge_wigner", "rotate", "so2_linear", "so2_message"]
+__all__ = ["HamiltonianIndex", "assemble_blocks", "edge_wigner", "rotate", "so2_linear", "so2_message", "so2_tensor_product"]

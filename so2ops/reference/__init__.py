@@ -8,6 +8,8 @@ from .frames import edge_frames
 from .rotate import rotate
 from .so2_linear import so2_linear
 from .so2_message import so2_message
+from .so2_tensor_product import grid_product, so2_tensor_product
+from .assemble_blocks import assemble_blocks
 from .spherical_harmonics import spherical_harmonics
 
 __all__ = [
@@ -17,6 +19,9 @@ __all__ = [
     "so2_linear",
     "so2_message",
     "spherical_harmonics",
+    "grid_product",
+    "so2_tensor_product",
+    "assemble_blocks",
     "wigner_from_matrices",
     "wigner_to_dense",
 ]
