@@ -2,5 +2,7 @@
 from .gate import Gate
 from .norm import SO2LayerNorm
 from .so2_convolution import SO2Convolution
+from .so2_linear import SO2Linear, init_so2_weight
+from .so2_tensor_product import SO2TensorProduct
 
-__all__ = ["Gate", "SO2Convolution", "SO2LayerNorm"]
+__all__ = ["Gate", "SO2Convolution", "SO2LayerNorm", "SO2Linear", "SO2TensorProduct", "init_so2_weight"]

@@ -1,0 +1,5 @@
+"""The QHNetV2 model (docs/model.md)."""
+from .config import PRESETS, ModelConfig, preset
+from .qhnetv2 import QHNetV2, layout_from_basis, load_checkpoint, save_atomic
+
+__all__ = ["ModelConfig", "PRESETS", "QHNetV2", "layout_from_basis", "load_checkpoint", "preset", "save_atomic"]

@@ -1,0 +1,58 @@
+"""Model configuration and the shipped size presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and choices of a QHNetV2 model (docs/model.md explains each).
+
+    ``lmax`` None means twice the largest shell degree of the basis (4 for def2-SVP);
+    ``tp_mmax`` / ``pair_mmax`` None mean ``mmax``.
+    """
+
+    basis: str = "def2-svp"
+    elements: List[int] = field(default_factory=lambda: [1, 6, 7, 8, 9])
+    lmax: Optional[int] = None
+    mmax: int = 2
+    tp_mmax: Optional[int] = None
+    pair_mmax: Optional[int] = None
+    channels: int = 128
+    pair_channels: Optional[int] = None
+    layers: int = 5
+    body_order: int = 3
+    num_rbf: int = 32
+    cutoff: float = 5.0
+    pair_cutoff: Optional[float] = None
+    avg_degree: float = 8.0
+    node_frame: str = "nearest"
+    frame_temperature: float = 0.1
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; expected some of {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+#: Size presets.  ``qh9`` matches QHNet's published QH9 configuration in width,
+#: depth and lmax (128 channels, 5 layers, lmax 4; ~20M parameters in QHNet).
+PRESETS: Dict[str, Dict] = {
+    "tiny": dict(mmax=2, channels=32, layers=2, num_rbf=16, body_order=2, avg_degree=4.0),
+    "md17": dict(mmax=2, channels=128, layers=5, num_rbf=32, body_order=3, avg_degree=4.0),
+    "qh9": dict(mmax=4, pair_mmax=2, channels=128, layers=5, num_rbf=32, body_order=3, avg_degree=8.0),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[name], **overrides})

@@ -1,0 +1,99 @@
+"""The three per-layer blocks of QHNetV2 (docs/model.md).
+
+Every operation on equivariant features (anything with an m index) is an
+so2ops op or ``so2ops.nn`` module; plain ``torch.nn`` only touches invariants
+(radial MLPs, embeddings, gate scalars).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import so2ops
+from so2ops.layout import num_coeffs, num_mod
+from so2ops.nn import Gate, SO2LayerNorm, SO2Linear, SO2TensorProduct, init_so2_weight
+
+
+def radial_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+
+
+class MessageBlock(nn.Module):
+    """SO(2) message passing in edge frames: ``x += Gate(sum_e D_e^T L(D_e x_s * radial_e)) / avg_degree``.
+
+    Shapes: ``forward(x[N, K, C], edge_index[2, E], wigner[E, P], rbf[E, R], envelope[E]) -> [N, K, C]``.
+    """
+
+    def __init__(self, lmax: int, mmax: int, channels: int, num_rbf: int, avg_degree: float):
+        super().__init__()
+        self.lmax, self.mmax, self.channels = lmax, mmax, channels
+        self.norm = SO2LayerNorm(lmax, channels)
+        self.weight = nn.Parameter(torch.empty(so2ops.weight_size(lmax, mmax, channels, channels)))
+        init_so2_weight(self.weight, lmax, mmax, channels, channels)
+        self.radial = radial_mlp(num_rbf, 64, num_mod(lmax, mmax) * channels)
+        self.gate = Gate(lmax, channels)
+        self.scale = 1.0 / avg_degree
+
+    def forward(self, x, edge_index, wigner, rbf, envelope):
+        h = self.norm(x)
+        if edge_index.shape[1] == 0:
+            return torch.zeros_like(x)
+        mod = self.radial(rbf).view(-1, num_mod(self.lmax, self.mmax), self.channels) * envelope[:, None, None]
+        msg = so2ops.so2_message(h, wigner, edge_index, self.weight, self.lmax, self.mmax, self.channels, mod)
+        return self.gate(msg * self.scale)
+
+
+class NodeBlock(nn.Module):
+    """Node update in each atom's local frame: rotate in, SO(2) tensor product, gate, rotate back.
+
+    Atoms without a frame get only their degree-0 update (the rest would depend on
+    an arbitrary frame).
+
+    Shapes: ``forward(x[N, K, C], wigner[N, P], attrs[N, A], has_frame[N]) -> [N, K, C]``.
+    """
+
+    def __init__(self, lmax: int, mmax: int, channels: int, attr_dim: int, body_order: int):
+        super().__init__()
+        self.lmax = lmax
+        self.norm = SO2LayerNorm(lmax, channels)
+        self.tp = SO2TensorProduct(lmax, mmax, channels, channels, attr_dim, body_order=body_order)
+        self.gate = Gate(lmax, channels)
+
+    def forward(self, x, wigner, attrs, has_frame):
+        h = so2ops.rotate(self.norm(x), wigner, self.lmax)
+        y = self.gate(self.tp(h, attrs))
+        y = so2ops.rotate(y, wigner, self.lmax, inverse=True)
+        keep = torch.ones(num_coeffs(self.lmax), dtype=y.dtype, device=y.device)
+        mask = torch.where(has_frame[:, None], keep[None, :], torch.nn.functional.one_hot(
+            torch.zeros(1, dtype=torch.long, device=y.device), num_coeffs(self.lmax)).to(y.dtype))
+        return y * mask[:, :, None]
+
+
+class PairBlock(nn.Module):
+    """Pair features in pair frames, updated by an SO(2) feed-forward block.
+
+    ``P += L2(Gate(L1([D x_i, D x_j, P] * radial(r_ij))))`` with the gathers fused into ``rotate``.
+
+    Shapes: ``forward(x[N, K, C], pair_feat[Pn, K, Cp], pairs[Pn, 2], wigner[Pn, P], rbf[Pn, R]) -> [Pn, K, Cp]``.
+    """
+
+    def __init__(self, lmax: int, mmax: int, channels: int, pair_channels: int, num_rbf: int):
+        super().__init__()
+        self.lmax, self.mmax = lmax, mmax
+        cin = 2 * channels + pair_channels
+        self.cin = cin
+        self.norm = SO2LayerNorm(lmax, channels)
+        self.lin1 = SO2Linear(lmax, mmax, cin, pair_channels)
+        self.lin2 = SO2Linear(lmax, mmax, pair_channels, pair_channels)
+        self.radial = radial_mlp(num_rbf, 64, num_mod(lmax, mmax) * cin)
+        self.gate = Gate(lmax, pair_channels)
+
+    def forward(self, x, pair_feat, pairs, wigner, rbf):
+        if pairs.shape[0] == 0:
+            return pair_feat
+        h = self.norm(x)
+        xi = so2ops.rotate(h, wigner, self.lmax, index=pairs[:, 0])
+        xj = so2ops.rotate(h, wigner, self.lmax, index=pairs[:, 1])
+        mod = self.radial(rbf).view(-1, num_mod(self.lmax, self.mmax), self.cin)
+        y = self.lin1(torch.cat([xi, xj, pair_feat], dim=2), mod)
+        return self.lin2(self.gate(y))

@@ -1,0 +1,285 @@
+"""QHNetV2: Kohn-Sham Hamiltonians from SO(2) local frames (docs/model.md)."""
+from __future__ import annotations
+
+import io
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+import so2ops
+from so2ops import BasisLayout, HamiltonianIndex
+from so2ops.block_tables import block_tables
+from so2ops.layout import num_coeffs
+
+from .config import ModelConfig, preset
+from .graph import build_graph
+from .layers import MessageBlock, NodeBlock, PairBlock
+from .radial import RadialBasis
+
+CHECKPOINT_FORMAT = "qhnetv2-checkpoint"
+MIN_DISTANCE = 0.3  # Angstrom: closer atoms are certainly an input error
+
+
+def layout_from_basis(basis: str, elements: Sequence[int]) -> BasisLayout:
+    """The shells of ``elements`` in PySCF basis ``basis`` (needs PySCF)."""
+    from qhnetv2.data.basis import element_shells
+
+    return BasisLayout({int(z): [l for l, _ in element_shells(basis, int(z))] for z in elements}, name=basis)
+
+
+class QHNetV2(nn.Module):
+    """The QHNetV2 Hamiltonian model.
+
+    Args:
+        basis: PySCF basis name (its per-element shells are read at construction).
+        elements: atomic numbers the model handles.
+        layout: a ``so2ops.BasisLayout`` instead of reading ``basis`` through PySCF.
+        **sizes: ``ModelConfig`` fields (lmax, mmax, channels, layers, ...).
+
+    ``model(atomic_numbers[n], positions[n, 3])`` (Angstrom) returns ``H[n_ao, n_ao]`` in
+    PySCF's AO order, differentiable w.r.t. parameters and positions.
+    """
+
+    def __init__(self, basis: str = "def2-svp", elements: Sequence[int] = (1, 6, 7, 8, 9),
+                 layout: Optional[BasisLayout] = None, **sizes):
+        super().__init__()
+        cfg = ModelConfig.from_dict({**sizes, "basis": basis, "elements": [int(z) for z in elements]})
+        self.layout = layout if layout is not None else layout_from_basis(cfg.basis, cfg.elements)
+        missing = sorted(set(cfg.elements) - set(self.layout.elements))
+        if missing:
+            raise ValueError(f"basis layout has no shells for elements {missing}")
+        if cfg.lmax is None:
+            cfg.lmax = self.layout.features_lmax
+        so2ops.block_tables.check_block_lmax(self.layout, cfg.lmax)
+        cfg.tp_mmax = cfg.mmax if cfg.tp_mmax is None else cfg.tp_mmax
+        cfg.pair_mmax = cfg.mmax if cfg.pair_mmax is None else cfg.pair_mmax
+        cfg.pair_channels = cfg.channels if cfg.pair_channels is None else cfg.pair_channels
+        for name in ("mmax", "tp_mmax", "pair_mmax"):
+            if not 0 <= getattr(cfg, name) <= cfg.lmax:
+                raise ValueError(f"{name}={getattr(cfg, name)} must be in [0, lmax={cfg.lmax}]")
+        self.config = cfg
+        L, C, Cp = cfg.lmax, cfg.channels, cfg.pair_channels
+        self.register_buffer("z_index", self._z_index(cfg.elements), persistent=False)
+        self.embedding = nn.Embedding(len(cfg.elements), C)
+        self.rbf = RadialBasis(cfg.num_rbf, cfg.cutoff)
+        self.pair_rbf = RadialBasis(cfg.num_rbf, cfg.pair_cutoff or 12.0)
+        self.messages = nn.ModuleList(MessageBlock(L, cfg.mmax, C, cfg.num_rbf, cfg.avg_degree) for _ in range(cfg.layers))
+        self.nodes = nn.ModuleList(NodeBlock(L, cfg.tp_mmax, C, C, cfg.body_order) for _ in range(cfg.layers))
+        self.pairs = nn.ModuleList(PairBlock(L, cfg.pair_mmax, C, Cp, cfg.num_rbf) for _ in range(cfg.layers))
+        self.block_channels = so2ops.block_channels(self.layout, L)
+        self.diag_norm = so2ops.nn.SO2LayerNorm(L, C)
+        self.pair_norm = so2ops.nn.SO2LayerNorm(L, Cp)
+        self.diag_readout = so2ops.nn.SO2Linear(L, L, C, self.block_channels, gain=0.5)
+        self.pair_readout = so2ops.nn.SO2Linear(L, L, Cp + 2 * C, self.block_channels, gain=0.5)
+        # atomic reference: per element, a rotation-invariant diagonal block (c_q I per
+        # equal-degree shell pair), fitted to the data before training (fit_atom_reference)
+        self.atom_reference = nn.Parameter(torch.zeros(len(cfg.elements), self.block_channels))
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _z_index(elements: Sequence[int]) -> torch.Tensor:
+        lut = torch.full((max(elements) + 1,), -1, dtype=torch.long)
+        for i, z in enumerate(elements):
+            lut[z] = i
+        return lut
+
+    def element_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        z = atomic_numbers.to(self.z_index.device)
+        bad = (z < 1) | (z >= self.z_index.numel())
+        idx = self.z_index[z.clamp(0, self.z_index.numel() - 1)]
+        bad = bad | (idx < 0)
+        if bool(bad.any()):
+            zs = sorted(set(atomic_numbers[bad].tolist()))
+            raise ValueError(f"atomic_numbers: element(s) {zs} not in this model "
+                             f"(basis {self.config.basis}, elements {self.config.elements})")
+        return idx
+
+    def check_geometry(self, positions: torch.Tensor, batch: torch.Tensor) -> None:
+        if positions.dim() != 2 or positions.shape[1] != 3:
+            raise ValueError(f"positions must have shape [n_atoms, 3], got {list(positions.shape)}")
+        if positions.shape[0] == 0:
+            raise ValueError("positions: the geometry has no atoms")
+        if not bool(torch.isfinite(positions).all()):
+            raise ValueError("positions has NaN or infinite coordinates")
+        with torch.no_grad():
+            d = torch.cdist(positions, positions)
+            d = d.masked_fill(batch[:, None] != batch[None, :], float("inf"))
+            d.fill_diagonal_(float("inf"))
+            dmin = float(d.min()) if d.numel() else float("inf")
+        if dmin < MIN_DISTANCE:
+            i, j = divmod(int(d.argmin()), d.shape[0])
+            raise ValueError(f"positions: atoms {i} and {j} are {dmin:.3f} Angstrom apart "
+                             f"(< {MIN_DISTANCE}); positions must be in Angstrom")
+
+    # ------------------------------------------------------------------ forward
+    def forward_batch(self, atomic_numbers: torch.Tensor, positions: torch.Tensor,
+                      batch: Optional[torch.Tensor] = None,
+                      index: Optional[HamiltonianIndex] = None) -> Tuple[torch.Tensor, HamiltonianIndex]:
+        """Hamiltonians of a batch.
+
+        Args:
+            atomic_numbers: ``[N]`` int64; positions: ``[N, 3]`` Angstrom;
+            batch: ``[N]`` sorted molecule index (default: one molecule).
+        Returns:
+            ``(H_flat[index.total], index)``: every molecule's ``n_ao x n_ao`` matrix
+            row-major in a flat buffer (``index.unpack(H_flat)`` for matrices).
+        """
+        cfg = self.config
+        dev = self.embedding.weight.device
+        z = atomic_numbers.to(dev).long()
+        pos = positions.to(device=dev, dtype=self.embedding.weight.dtype)
+        batch = torch.zeros_like(z) if batch is None else batch.to(dev).long()
+        elem = self.element_index(z)
+        self.check_geometry(pos, batch)
+        if index is None:
+            index = HamiltonianIndex.build(self.layout, z, batch)
+        g = build_graph(pos, batch, cfg.cutoff, cfg.pair_cutoff, cfg.node_frame, cfg.frame_temperature)
+        L = cfg.lmax
+        attrs = self.embedding(elem)  # [N, C]
+        n = z.shape[0]
+        x = torch.cat([attrs[:, None, :], attrs.new_zeros(n, num_coeffs(L) - 1, attrs.shape[1])], dim=1)
+        w_edge = so2ops.edge_wigner(g.edge_vec, L)
+        w_node = so2ops.edge_wigner(g.frame_vec, L)
+        w_pair = so2ops.edge_wigner(g.pair_vec, L)
+        r_edge = g.edge_vec.norm(dim=1)
+        rbf_e, env_e = self.rbf(r_edge), self.rbf.envelope(r_edge)
+        rbf_p = self.pair_rbf(g.pair_vec.norm(dim=1))
+        pair_feat = x.new_zeros(g.pairs.shape[0], num_coeffs(L), cfg.pair_channels)
+        for msg, node, pair in zip(self.messages, self.nodes, self.pairs):
+            x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e)
+            x = x + node(x, w_node, attrs, g.has_frame)
+            pair_feat = pair_feat + pair(x, pair_feat, g.pairs, w_pair, rbf_p)
+        # readout: diagonal blocks in node frames, off-diagonal blocks in pair frames
+        xn = self.diag_norm(x)
+        diag = self.diag_readout(so2ops.rotate(xn, w_node, L))
+        if g.pairs.shape[0]:
+            xi = so2ops.rotate(xn, w_pair, L, index=g.pairs[:, 0])
+            xj = so2ops.rotate(xn, w_pair, L, index=g.pairs[:, 1])
+            off = self.pair_readout(torch.cat([self.pair_norm(pair_feat), xi, xj], dim=2))
+        else:
+            off = diag.new_zeros(0, diag.shape[1], diag.shape[2])
+        atoms = torch.arange(n, device=dev)
+        items = torch.cat([torch.stack([atoms, atoms], 1), g.pairs], 0)
+        invariant = torch.cat([~g.has_frame, torch.zeros(g.pairs.shape[0], dtype=torch.bool, device=dev)])
+        h = so2ops.assemble_blocks(torch.cat([diag, off], 0), torch.cat([w_node, w_pair], 0), self.layout, z,
+                                   items, batch, invariant=invariant, index=index)
+        # + the atomic reference (invariant diagonal blocks per element)
+        ref = torch.cat([self.atom_reference[elem][:, None, :],
+                         x.new_zeros(n, num_coeffs(L) - 1, self.block_channels)], dim=1)
+        h = h + so2ops.assemble_blocks(ref, torch.zeros_like(w_node), self.layout, z, torch.stack([atoms, atoms], 1),
+                                       batch, invariant=torch.ones(n, dtype=torch.bool, device=dev), index=index)
+        return h, index
+
+    def forward(self, atomic_numbers: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``H[n_ao, n_ao]`` (PySCF AO order, Hartree) of one molecule (the learned part, see ``predict``)."""
+        h, index = self.forward_batch(torch.as_tensor(atomic_numbers), torch.as_tensor(positions))
+        return index.unpack(h)[0]
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict(self, atomic_numbers, positions_angstrom) -> np.ndarray:
+        """``H`` of one molecule as a float64 NumPy array."""
+        return self.predict_many([atomic_numbers], [positions_angstrom])[0]
+
+    @torch.no_grad()
+    def predict_many(self, atomic_numbers: Sequence, positions: Sequence, batch_size: int = 32) -> List[np.ndarray]:
+        """Hamiltonians of many molecules, batched."""
+        dev = self.embedding.weight.device
+        dtype = self.embedding.weight.dtype
+        out: List[np.ndarray] = []
+        for s in range(0, len(atomic_numbers), batch_size):
+            zs = [torch.as_tensor(np.asarray(z), dtype=torch.long) for z in atomic_numbers[s : s + batch_size]]
+            ps = [torch.as_tensor(np.asarray(p, dtype=np.float64), dtype=dtype) for p in positions[s : s + batch_size]]
+            batch = torch.cat([torch.full((len(z),), i, dtype=torch.long) for i, z in enumerate(zs)])
+            h, index = self.forward_batch(torch.cat(zs).to(dev), torch.cat(ps).to(dev), batch.to(dev))
+            out.extend(m.double().cpu().numpy() for m in index.unpack(h))
+        return out
+
+    # ------------------------------------------------------------------ atomic reference
+    @torch.no_grad()
+    def fit_atom_reference(self, molecules) -> None:
+        """Set ``atom_reference`` to the mean invariant part of each element's diagonal blocks.
+
+        ``molecules``: iterable of dicts with ``atomic_numbers`` and ``hamiltonian`` (PySCF order);
+        for every equal-degree shell pair ``(s1, s2)`` of an atom, ``trace(H_s1s2) / (2l + 1)``
+        averaged over the atoms of that element (the rotation-invariant part of the block).
+        """
+        tables = block_tables(self.layout, self.config.lmax, self.block_channels, torch.float64, "cpu")
+        sums = torch.zeros(len(self.config.elements), self.block_channels, dtype=torch.float64)
+        counts = torch.zeros(len(self.config.elements), dtype=torch.float64)
+        for mol in molecules:
+            zs = torch.as_tensor(mol["atomic_numbers"]).long()
+            h = torch.as_tensor(np.asarray(mol["hamiltonian"]), dtype=torch.float64)
+            ao = 0
+            for z in zs.tolist():
+                e = int(self.z_index[z])
+                t = tables.types[(z, z, True)]
+                for s in range(int(tables.sp_start[t]), int(tables.sp_start[t + 1])):
+                    l1, l2, r0, c0, sym, _ = (int(v) for v in tables.sp_info[s])
+                    q = int(tables.inv_src[s])
+                    if q >= 0:
+                        n1 = 2 * l1 + 1
+                        blk = h[ao + r0 : ao + r0 + n1, ao + c0 : ao + c0 + n1]
+                        sums[e, q] += torch.trace(blk) / n1
+                counts[e] += 1
+                ao += self.layout.n_ao(z)
+        mean = sums / counts.clamp_min(1)[:, None]
+        self.atom_reference.copy_(mean.to(self.atom_reference))
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, extra: Optional[Dict] = None) -> Dict:
+        return {"format": CHECKPOINT_FORMAT, "version": 1, "config": self.config.to_dict(),
+                "layout": self.layout.to_dict(), "state_dict": self.state_dict(), "extra": extra or {}}
+
+    def save(self, path: str, extra: Optional[Dict] = None) -> None:
+        """Write a checkpoint atomically (temporary file + rename)."""
+        save_atomic(self.checkpoint(extra), path)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Dict) -> "QHNetV2":
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a qhnetv2 checkpoint (missing format tag)")
+        cfg = dict(ckpt["config"])
+        layout = BasisLayout.from_dict(ckpt["layout"])
+        basis, elements = cfg.pop("basis"), cfg.pop("elements")
+        model = cls(basis=basis, elements=elements, layout=layout, **cfg)
+        model.load_state_dict(ckpt["state_dict"])
+        return model
+
+    @classmethod
+    def load(cls, path: str, map_location="cpu") -> "QHNetV2":
+        """A trained model from a checkpoint file (basis, elements, sizes and weights)."""
+        return cls.from_checkpoint(load_checkpoint(path, map_location))
+
+    @classmethod
+    def from_preset(cls, name: str, basis: str = "def2-svp", elements: Sequence[int] = (1, 6, 7, 8, 9),
+                    **overrides) -> "QHNetV2":
+        cfg = preset(name, **overrides).to_dict()
+        cfg.pop("basis"), cfg.pop("elements")
+        return cls(basis=basis, elements=elements, **cfg)
+
+
+def save_atomic(obj, path: str) -> None:
+    """``torch.save`` to ``path`` atomically: never a half-written checkpoint."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> Dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, garbage bytes, ...
+        raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
