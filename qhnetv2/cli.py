@@ -21,6 +21,10 @@ import sys
 COMMAND_GROUPS = [
     ("data", "qhnetv2.data.commands",
      "label, import, merge, split and benchmark Hamiltonian datasets"),
+    ("evaluate", "qhnetv2.evaluate_cli",
+     "QH9 metrics (and DFT acceleration) of a checkpoint on a labelled dataset"),
+    ("predict", "qhnetv2.predict_cli",
+     "Hamiltonians, orbital energies and HOMO-LUMO gaps of new geometries"),
 ]
 
 

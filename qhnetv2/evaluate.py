@@ -1,0 +1,253 @@
+"""``qhnetv2 evaluate``: the QH9 benchmark of a trained model on a labelled dataset.
+
+* Metrics (:mod:`qhnetv2.metrics`, QH9 definitions, float64, per molecule then
+  averaged): Hamiltonian MAE, diagonal-block and off-diagonal-block MAE, MAE of
+  the occupied orbital energies (micro-Hartree) and the occupied orbital
+  coefficient similarity (percent).
+* With ``scf=N``: the QH9 DFT-acceleration protocol on the first N evaluated
+  molecules, with the dataset's own SCF settings: SCF cycles started from the
+  predicted Hamiltonian vs from PySCF's ``minao`` guess, and |E(pred) - E(minao)|,
+  which must stay below the tolerance (10 x ``conv_tol``): a better start must not
+  change the answer.
+
+A checkpoint trained on a residual target gets its base Hamiltonian added back
+(:func:`qhnetv2.inference.predict_hamiltonians`).  Reusable from Python::
+
+    from qhnetv2.evaluate import evaluate
+    result = evaluate("model.pt", "data/water", ids=None, scf=5)
+    result["metrics"]["hamiltonian_mae_uEh"]
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+#: keys of ``result["metrics"]`` (micro-Hartree / percent, as the papers print them)
+METRIC_KEYS = ("hamiltonian_mae_uEh", "hamiltonian_diagonal_mae_uEh", "hamiltonian_off_diagonal_mae_uEh",
+               "orbital_energy_mae_uEh", "orbital_coefficient_similarity_percent")
+
+#: the SCF settings of a dataset's ``__meta__`` that configure the SCF
+SCF_SETTING_KEYS = ("xc", "basis", "grid_level", "conv_tol", "conv_tol_grad", "max_cycle", "init_guess")
+
+
+def _json_safe(obj):
+    """NaN/inf -> None, NumPy scalars -> Python, recursively (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    return obj
+
+
+def _ao_slices(layout, atomic_numbers) -> np.ndarray:
+    counts = np.array([layout.n_ao(int(z)) for z in atomic_numbers], dtype=np.int64)
+    stop = np.cumsum(counts)
+    return np.stack([stop - counts, stop], axis=1)
+
+
+def check_dataset_basis(model, reader) -> None:
+    """Refuse a dataset labelled in another basis, or with elements the model lacks."""
+    from .inference import normalize_basis
+
+    settings = reader.meta.get("settings") or {}
+    data_basis = settings.get("basis") or reader.meta.get("basis")
+    if data_basis is None:
+        raise ValueError(f"dataset {reader.path!r} does not record its basis")
+    if normalize_basis(data_basis) != normalize_basis(model.config.basis):
+        raise ValueError(f"basis mismatch: the checkpoint was trained for basis {model.config.basis!r} "
+                         f"but dataset {reader.path!r} is labelled with basis {data_basis!r}")
+
+
+def _scf_settings(reader) -> Dict[str, Any]:
+    settings = {k: v for k, v in (reader.meta.get("settings") or {}).items() if k in SCF_SETTING_KEYS}
+    settings.setdefault("conv_tol", 1e-12)
+    return settings
+
+
+def scf_acceleration(items: Sequence[Dict[str, Any]], settings: Dict[str, Any],
+                     energy_tol: Optional[float] = None) -> Dict[str, Any]:
+    """QH9 DFT acceleration: SCF from each predicted H vs from ``minao``.
+
+    ``items``: dicts with ``id``, ``atomic_numbers``, ``positions`` (Angstrom),
+    ``hamiltonian`` (the prediction), ``charge``.  Returns the summary (mean cycles,
+    mean per-molecule ratio cycles(pred)/cycles(minao), ratio of totals, energy
+    differences, convergence counts) and ``per_molecule`` results; a molecule whose
+    SCF raises is recorded with its ``error`` and left out of the means.
+    """
+    from .scf import run_scf
+
+    if energy_tol is None:
+        energy_tol = 10.0 * float(settings.get("conv_tol", 1e-12))
+    per: List[Dict[str, Any]] = []
+    for it in items:
+        row: Dict[str, Any] = {"id": it["id"]}
+        try:
+            for name, guess in (("pred", it["hamiltonian"]), ("minao", "minao")):
+                r = run_scf(it["atomic_numbers"], it["positions"], guess, settings, int(it.get("charge", 0)))
+                row[name] = {"cycles": r.cycles, "energy": r.energy, "converged": r.converged}
+        except Exception as exc:  # one bad molecule does not stop the benchmark
+            row = {"id": it["id"], "error": f"{type(exc).__name__}: {exc}"}
+        per.append(row)
+    ok = [r for r in per if "error" not in r]
+    out: Dict[str, Any] = {"n_molecules": len(per), "n_errors": len(per) - len(ok), "energy_tol": energy_tol,
+                           "settings": dict(settings)}
+    if ok:
+        cp = np.array([r["pred"]["cycles"] for r in ok], dtype=float)
+        cm = np.array([r["minao"]["cycles"] for r in ok], dtype=float)
+        de = np.array([abs(r["pred"]["energy"] - r["minao"]["energy"]) for r in ok])
+        out.update({
+            "mean_cycles_pred": float(cp.mean()),
+            "mean_cycles_minao": float(cm.mean()),
+            "ratio_pred_over_minao": float(np.mean(cp / np.maximum(cm, 1))),
+            "ratio_of_totals_pred_over_minao": float(cp.sum() / max(cm.sum(), 1)),
+            "max_abs_energy_diff_pred_vs_minao": float(de.max()),
+            "mean_abs_energy_diff_pred_vs_minao": float(de.mean()),
+            "n_energy_diff_above_tol": int((de > energy_tol).sum()),
+            "n_not_converged_pred": int(sum(not r["pred"]["converged"] for r in ok)),
+            "n_not_converged_minao": int(sum(not r["minao"]["converged"] for r in ok)),
+        })
+    out["per_molecule"] = per
+    return out
+
+
+def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, scf: int = 0,
+             batch_size: int = 8, device: Optional[str] = None, extra: Optional[Dict[str, Any]] = None,
+             progress: bool = False, energy_tol: Optional[float] = None) -> Dict[str, Any]:
+    """Evaluate a model on (a subset of) a labelled dataset.
+
+    Args:
+        model_or_ckpt: a :class:`qhnetv2.model.QHNetV2` or a checkpoint path.
+        data_dir: dataset directory (``qhnetv2 data build`` / ``import``).
+        ids: molecule ids to evaluate (default: all labelled molecules).
+        scf: run the DFT-acceleration protocol on the first ``scf`` molecules.
+        extra: for a model object, its checkpoint ``extra`` (``target``, ``settings``);
+            read from the file for a checkpoint path.
+        device: ``cpu``, ``cuda``, ... (default: keep the model's device; for a path, auto).
+    Returns:
+        ``{"metrics": {<METRIC_KEYS>}, "metrics_hartree": {...}, "per_molecule": [...],
+        "n_molecules", "basis", "target", "dataset", "checkpoint", "scf": {...} or None}``.
+    """
+    from .data.store import HamiltonianReader
+    from .inference import load_model, predict_hamiltonians, resolve_device, target_of
+    from .metrics import hamiltonian_metrics, to_micro_hartree
+
+    checkpoint = None
+    if isinstance(model_or_ckpt, str):
+        checkpoint = model_or_ckpt
+        model, extra = load_model(model_or_ckpt, device=device or "auto")
+    else:
+        model = model_or_ckpt
+        if device is not None:
+            model.to(resolve_device(device))
+        extra = dict(extra or {})
+    target = target_of(extra)
+    if scf < 0:
+        raise ValueError(f"scf must be >= 0, got {scf}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    reader = HamiltonianReader(data_dir, ids=list(ids) if ids is not None else None)
+    check_dataset_basis(model, reader)
+    if len(reader) == 0:
+        raise ValueError(f"nothing to evaluate: no molecules selected in {data_dir!r}")
+    known = set(model.config.elements)
+    layout = model.layout
+
+    keys = ("hamiltonian_mae", "hamiltonian_diagonal_mae", "hamiltonian_off_diagonal_mae",
+            "orbital_energy_mae", "orbital_coefficient_similarity")
+    per_values: Dict[str, List[float]] = {k: [] for k in keys}
+    mol_ids: List[str] = []
+    scf_items: List[Dict[str, Any]] = []
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=len(reader), desc="evaluate", unit="mol", file=sys.stderr)
+        except ImportError:
+            bar = None
+    for start in range(0, len(reader), batch_size):
+        recs = [reader[i] for i in range(start, min(start + batch_size, len(reader)))]
+        for rec in recs:
+            missing = sorted(set(int(z) for z in rec["atomic_numbers"]) - known)
+            if missing:
+                raise ValueError(f"molecule {rec['id']!r} has elements {missing} the model does not "
+                                 f"handle (model elements {sorted(known)})")
+        charges = [int((rec.get("settings") or {}).get("charge", 0)) for rec in recs]
+        preds = predict_hamiltonians(model, extra, [r["atomic_numbers"] for r in recs],
+                                     [r["positions"] for r in recs], charges=charges, batch_size=batch_size)
+        for rec, h in zip(recs, preds):
+            if h.shape != rec["hamiltonian"].shape:
+                raise ValueError(f"molecule {rec['id']!r}: the model predicts {h.shape[0]} AOs but the label "
+                                 f"has {rec['hamiltonian'].shape[0]}: the basis layouts differ")
+        n_occ = [(int(np.sum(r["atomic_numbers"])) - q) // 2 for r, q in zip(recs, charges)]
+        m = hamiltonian_metrics(preds, [r["hamiltonian"] for r in recs], [r["overlap"] for r in recs], n_occ,
+                                ao_slices=[_ao_slices(layout, r["atomic_numbers"]) for r in recs])
+        for k in keys:
+            per_values[k].extend(float(v) for v in m["per_molecule"][k])
+        mol_ids.extend(r["id"] for r in recs)
+        for rec, h, q in zip(recs, preds, charges):
+            if len(scf_items) < scf:
+                scf_items.append({"id": rec["id"], "atomic_numbers": rec["atomic_numbers"],
+                                  "positions": rec["positions"], "hamiltonian": h, "charge": q})
+        if bar is not None:
+            bar.update(len(recs))
+    if bar is not None:
+        bar.close()
+
+    means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+             for k, v in ((k, np.asarray(per_values[k])) for k in keys)}
+    per_molecule = []
+    for i, mol_id in enumerate(mol_ids):
+        row = {"id": mol_id}
+        row.update(to_micro_hartree({k: per_values[k][i] for k in keys}))
+        per_molecule.append(row)
+    result: Dict[str, Any] = {
+        "checkpoint": checkpoint,
+        "dataset": str(data_dir),
+        "basis": model.config.basis,
+        "target": target,
+        "n_molecules": len(mol_ids),
+        "metrics": to_micro_hartree(means),
+        "metrics_hartree": means,
+        "per_molecule": per_molecule,
+        "scf": None,
+    }
+    if scf:
+        result["scf"] = scf_acceleration(scf_items, _scf_settings(reader), energy_tol=energy_tol)
+    return result
+
+
+def write_result(result: Dict[str, Any], path: str) -> None:
+    """Write an :func:`evaluate` result as strict JSON (NaN -> null), atomically."""
+    from .data.split import write_json_atomic
+
+    write_json_atomic(path, _json_safe(result))
+
+
+def format_result(result: Dict[str, Any]) -> str:
+    """Human-readable summary of an :func:`evaluate` result."""
+    lines = [f"evaluated {result['n_molecules']} molecules of {result['dataset']} "
+             f"(basis {result['basis']}, target {result['target']})"]
+    for k in METRIC_KEYS:
+        v = result["metrics"].get(k, float("nan"))
+        lines.append(f"  {k:42s} {v:12.3f}")
+    s = result.get("scf")
+    if s:
+        lines.append(f"DFT acceleration on {s['n_molecules']} molecules ({s['n_errors']} errors):")
+        for k in ("mean_cycles_pred", "mean_cycles_minao", "ratio_pred_over_minao",
+                  "ratio_of_totals_pred_over_minao", "max_abs_energy_diff_pred_vs_minao",
+                  "n_energy_diff_above_tol", "n_not_converged_pred", "n_not_converged_minao"):
+            if k in s:
+                v = s[k]
+                lines.append(f"  {k:42s} {v:12.6g}" if isinstance(v, float) else f"  {k:42s} {v:12d}")
+        lines.append(f"  {'energy_tol':42s} {s['energy_tol']:12.3g}")
+    return "\n".join(lines)
