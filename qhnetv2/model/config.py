@@ -46,9 +46,9 @@ class ModelConfig:
 #: Size presets.  ``qh9`` matches QHNet's published QH9 configuration in width,
 #: depth and lmax (128 channels, 5 layers, lmax 4; ~20M parameters in QHNet).
 PRESETS: Dict[str, Dict] = {
-    "tiny": dict(mmax=2, channels=32, layers=2, num_rbf=16, body_order=2, avg_degree=4.0),
-    "md17": dict(mmax=2, channels=128, layers=5, num_rbf=32, body_order=3, avg_degree=4.0),
-    "qh9": dict(mmax=4, pair_mmax=2, channels=128, layers=5, num_rbf=32, body_order=3, avg_degree=8.0),
+    "tiny": dict(mmax=2, channels=32, pair_channels=16, layers=2, num_rbf=16, body_order=2, avg_degree=4.0),
+    "md17": dict(mmax=2, channels=128, pair_channels=48, layers=5, num_rbf=32, body_order=3, avg_degree=4.0),
+    "qh9": dict(mmax=2, channels=128, pair_channels=48, layers=5, num_rbf=32, body_order=3, avg_degree=8.0),
 }
 
 
