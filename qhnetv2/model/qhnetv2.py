@@ -137,35 +137,45 @@ class QHNetV2(nn.Module):
         if index is None:
             index = HamiltonianIndex.build(self.layout, z, batch)
         g = build_graph(pos, batch, cfg.cutoff, cfg.pair_cutoff, cfg.node_frame, cfg.frame_temperature)
+        # Every pair in both orientations, the two blocks averaged at assembly: the pair path
+        # (frame r_j - r_i, inputs [x_i, x_j]) is not symmetric in (i, j), and H must not
+        # depend on the order of the atoms (permutation equivariance).
+        n_pairs = g.pairs.shape[0]
+        pairs = torch.cat([g.pairs, g.pairs.flip(1)], 0)
+        pair_vec = torch.cat([g.pair_vec, -g.pair_vec], 0)
         L = cfg.lmax
         attrs = self.embedding(elem)  # [N, C]
         n = z.shape[0]
         x = torch.cat([attrs[:, None, :], attrs.new_zeros(n, num_coeffs(L) - 1, attrs.shape[1])], dim=1)
         w_edge = so2ops.edge_wigner(g.edge_vec, L)
         w_node = so2ops.edge_wigner(g.frame_vec, L)
-        w_pair = so2ops.edge_wigner(g.pair_vec, L)
+        w_pair = so2ops.edge_wigner(pair_vec, L)
         r_edge = g.edge_vec.norm(dim=1)
         rbf_e, env_e = self.rbf(r_edge), self.rbf.envelope(r_edge)
-        rbf_p = self.pair_rbf(g.pair_vec.norm(dim=1))
-        pair_feat = x.new_zeros(g.pairs.shape[0], num_coeffs(L), cfg.pair_channels)
+        rbf_p = self.pair_rbf(pair_vec.norm(dim=1))
+        pair_feat = x.new_zeros(pairs.shape[0], num_coeffs(L), cfg.pair_channels)
         for msg, node, pair in zip(self.messages, self.nodes, self.pairs):
             x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e)
             x = x + node(x, w_node, attrs, g.has_frame)
-            pair_feat = pair_feat + pair(x, pair_feat, g.pairs, w_pair, rbf_p)
+            pair_feat = pair_feat + pair(x, pair_feat, pairs, w_pair, rbf_p)
         # readout: diagonal blocks in node frames, off-diagonal blocks in pair frames
         xn = self.diag_norm(x)
         diag = self.diag_readout(so2ops.rotate(xn, w_node, L))
-        if g.pairs.shape[0]:
-            xi = so2ops.rotate(xn, w_pair, L, index=g.pairs[:, 0])
-            xj = so2ops.rotate(xn, w_pair, L, index=g.pairs[:, 1])
-            off = self.pair_readout(torch.cat([self.pair_norm(pair_feat), xi, xj], dim=2))
+        if n_pairs:
+            xi = so2ops.rotate(xn, w_pair, L, index=pairs[:, 0])
+            xj = so2ops.rotate(xn, w_pair, L, index=pairs[:, 1])
+            off = 0.5 * self.pair_readout(torch.cat([self.pair_norm(pair_feat), xi, xj], dim=2))
         else:
             off = diag.new_zeros(0, diag.shape[1], diag.shape[2])
         atoms = torch.arange(n, device=dev)
-        items = torch.cat([torch.stack([atoms, atoms], 1), g.pairs], 0)
-        invariant = torch.cat([~g.has_frame, torch.zeros(g.pairs.shape[0], dtype=torch.bool, device=dev)])
-        h = so2ops.assemble_blocks(torch.cat([diag, off], 0), torch.cat([w_node, w_pair], 0), self.layout, z,
-                                   items, batch, invariant=invariant, index=index)
+        items = torch.cat([torch.stack([atoms, atoms], 1), pairs[:n_pairs]], 0)
+        no_frame = torch.zeros(n_pairs, dtype=torch.bool, device=dev)
+        invariant = torch.cat([~g.has_frame, no_frame])
+        h = so2ops.assemble_blocks(torch.cat([diag, off[:n_pairs]], 0), torch.cat([w_node, w_pair[:n_pairs]], 0),
+                                   self.layout, z, items, batch, invariant=invariant, index=index)
+        if n_pairs:  # the reversed orientations: block (j, i), i.e. the transpose of an (i, j) estimate
+            h = h + so2ops.assemble_blocks(off[n_pairs:], w_pair[n_pairs:], self.layout, z, pairs[n_pairs:], batch,
+                                           invariant=no_frame, index=index)
         # + the atomic reference (invariant diagonal blocks per element)
         ref = torch.cat([self.atom_reference[elem][:, None, :],
                          x.new_zeros(n, num_coeffs(L) - 1, self.block_channels)], dim=1)
