@@ -33,6 +33,8 @@ from bench.ops import edge_wigner as W
 from bench.ops import rotate as R
 from bench.ops import so2_linear as L
 from bench.ops import so2_message as M
+from bench.ops import so2_tensor_product as TP
+from bench.ops import assemble_blocks as AB
 from bench.schema import SchemaError, validate
 from bench.timer import summarize
 
@@ -67,7 +69,8 @@ def test_quick_run_is_complete_and_correct(quick_run):
     assert any(p.endswith(".md") for p in paths) and any(p.endswith("_roofline.png") for p in paths)
     rows = doc["rows"]
     # every so2ops op ran on the reference backend, with every mode at the headline case
-    for op in ("edge_wigner", "rotate", "so2_linear", "so2_message"):
+    for op in ("edge_wigner", "rotate", "so2_linear", "so2_message", "so2_tensor_product", "assemble_blocks",
+               "assemble_blocks_head"):
         ref = [r for r in rows if r["entry"] == op and r["impl"] == "reference" and r["status"] == "ok"]
         assert {r["mode"] for r in ref} == {"fwd", "bwd", "fwdbwd"}, op
     # correctness ran before timing: same-math rows carry a passed check with a measured error
@@ -85,6 +88,7 @@ def test_quick_run_is_complete_and_correct(quick_run):
     assert all(r["peak_mem_bytes"] and r["peak_mem_bytes"] > 0 for r in msg)
     assert all("reference" in r["speedup"] for r in msg if r["impl"] != "reference")
     assert any(r["entry"] == "so2_message" and r["impl"] == "e3nn_tp" and r["status"] == "ok" for r in rows)
+    assert any(r["entry"] == "assemble_blocks_head" and r["impl"] == "cg_blocks" and r["status"] == "ok" for r in rows)
     assert doc["meta"]["peaks"]["measured"].get("fp32", 0) > 0
     assert doc["targets"], "targets section missing"
 
@@ -164,6 +168,82 @@ def test_flop_counts_match_brute_force(lmax, mmax):
     v = W.ENTRY.make_inputs(sh, torch.float64, CPU, 0)["edge_vec"].requires_grad_(True)
     got = _fwd_bwd(lambda: so2ops.reference.edge_wigner(v, lmax), [v])
     assert got == (W.ENTRY.count(sh, "fwd", 8).flops, W.ENTRY.count(sh, "bwd", 8).flops)
+
+
+@pytest.mark.parametrize("lmax,mmax,nu", [(1, 0, 1), (1, 1, 2), (2, 1, 3), (4, 2, 3), (4, 4, 4)])
+def test_tensor_product_flop_counts(lmax, mmax, nu):
+    """so2_tensor_product: analytic counts == the reference's contractions (FlopCounterMode)."""
+    sh = dict(lmax=lmax, mmax=mmax, nu=nu, C=3, H=5, N=7)
+    t = TP.ENTRY.make_inputs(sh, torch.float64, CPU, 0)
+    ls = [t[k].requires_grad_(True) for k in TP.GRAD]
+    grid = so2ops.tp_grid_size(mmax, nu)
+    got = _fwd_bwd(lambda: so2ops.reference.so2_tensor_product(*ls, lmax, mmax, 3, grid), ls)
+    assert got == (TP.ENTRY.count(sh, "fwd", 8).flops, TP.ENTRY.count(sh, "bwd", 8).flops)
+
+
+@pytest.mark.parametrize("molecules,atoms", [(1, 3), (2, 5)])
+def test_assemble_blocks_flop_counts(molecules, atoms):
+    """assemble_blocks, the so2ops head and the CG baseline: analytic counts == FlopCounterMode."""
+    pytest.importorskip("e3nn")
+    R = so2ops.reference
+    sh = dict(B=molecules, A=atoms)
+    t = AB.ENTRY.make_inputs(sh, torch.float64, CPU, 0)
+    f = t["features"].requires_grad_(True)
+    args = AB.reference_args(f, t["wigner"], t["atomic_numbers"], t["batch"], t["items"])
+    assert _fwd_bwd(lambda: R.assemble_blocks(*args), [f]) == (AB.ENTRY.count(sh, "fwd", 8).flops,
+                                                                AB.ENTRY.count(sh, "bwd", 8).flops)
+    torch.testing.assert_close(R.assemble_blocks(*args), so2ops.assemble_blocks(
+        f, t["wigner"], AB.LAYOUT, t["atomic_numbers"], t["items"], t["batch"]))
+    sh = dict(B=molecules, A=atoms, C=4)
+    t = AB.HEAD.make_inputs(sh, torch.float64, CPU, 0)
+    h, w = t["hidden"].requires_grad_(True), t["weight"].requires_grad_(True)
+    cb = so2ops.block_channels(AB.LAYOUT, AB.LMAX)
+
+    def head():
+        y = R.so2_linear(R.rotate(h, t["wigner"], AB.LMAX), w, AB.LMAX, AB.LMAX, cb)
+        return R.assemble_blocks(*AB.reference_args(y, t["wigner"], t["atomic_numbers"], t["batch"], t["items"]))
+
+    assert _fwd_bwd(head, [h, w]) == (AB.HEAD.count(sh, "fwd", 8).flops, AB.HEAD.count(sh, "bwd", 8).flops)
+    wl = AB._cg_build(t, sh)
+    assert _fwd_bwd(wl.forward, wl.grad_inputs) == (AB._cg_count(sh, "fwd", 8).flops, AB._cg_count(sh, "bwd", 8).flops)
+
+
+def test_bench_def2_svp_matches_pyscf():
+    """The hard-coded def2-SVP shells of the bench are PySCF's."""
+    pytest.importorskip("pyscf")
+    from qhnetv2.data.basis import element_shells
+
+    for z, ls in AB.DEF2_SVP.items():
+        assert tuple(l for l, _ in element_shells("def2-svp", z)) == ls
+
+
+def test_cg_blocks_baseline_is_equivariant_and_symmetric():
+    """The CG route maps rotated hidden features to the rotated Hamiltonian (PySCF basis), symmetric."""
+    pytest.importorskip("e3nn")
+    from so2ops.layout import wigner_offset
+    from so2ops.reference.edge_wigner import wigner_from_matrices
+
+    sh = dict(B=2, A=4, C=3)
+    t = AB.HEAD.make_inputs(sh, torch.float64, CPU, 0)
+    q = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))[0]
+    q = q * torch.sign(torch.det(q))
+    dq = wigner_from_matrices(q[None], AB.LMAX)[0]
+
+    def d(l):
+        n = 2 * l + 1
+        return dq[wigner_offset(l): wigner_offset(l) + n * n].view(n, n)
+
+    h = t["hidden"]
+    h_rot = torch.cat([torch.einsum("ab,ibc->iac", d(l), h[:, l * l:(l + 1) ** 2]) for l in range(AB.LMAX + 1)], 1)
+    index = so2ops.HamiltonianIndex.build(AB.LAYOUT, t["atomic_numbers"], t["batch"])
+    h0 = index.unpack(AB._cg_build(t, sh).forward().detach())
+    h1 = index.unpack(AB._cg_build(dict(t, hidden=h_rot), sh).forward().detach())
+    for b in range(sh["B"]):
+        zs = t["atomic_numbers"][t["batch"] == b].tolist()
+        rot = torch.block_diag(*[so2ops.e3nn_to_pyscf(l) @ d(l) @ so2ops.e3nn_to_pyscf(l).T
+                                 for z in zs for l in AB.LAYOUT.shell_ls(z)])
+        torch.testing.assert_close(rot @ h0[b] @ rot.T, h1[b])
+        torch.testing.assert_close(h0[b], h0[b].T)
 
 
 @pytest.mark.parametrize("lmax", [1, 2, 3])

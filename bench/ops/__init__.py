@@ -5,3 +5,4 @@ peaks), then the ops from the cheapest to the fused message op.
 """
 from . import sanity  # noqa: F401
 from . import edge_wigner, rotate, so2_linear, so2_message  # noqa: F401
+from . import so2_tensor_product, assemble_blocks  # noqa: F401  (after so2_message: the new ops)
