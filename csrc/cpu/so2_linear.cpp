@@ -3,8 +3,8 @@
 // The SO(2) linear map on [E, (lmax+1)^2, C] edge-frame features runs through
 // the same tiled driver as so2_message with D = identity and no gather /
 // scatter: per tile the |m| <= mmax rows are packed m-major (times the
-// modulation), each order m is one MKL GEMM with the combined weight
-// [[W1^T, W2^T], [-W2^T, W1^T]], and the result is unpacked into the output
+// modulation), each order m is four MKL GEMMs reading the packed W1 / W2 blocks in place
+// (no re-packed combined weight), and the result is unpacked into the output
 // rows (|m| > mmax rows stay 0).  The tile kernels live in so2_message.cpp.
 #include <ATen/ATen.h>
 #include <torch/library.h>

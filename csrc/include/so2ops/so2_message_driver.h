@@ -3,14 +3,16 @@
 // Forward, per tile of T edges (T chosen so the tile buffers stay within
 // Kernels::kTileBytes):
 //   A  = mod (.) D_e x[src[e]]              rotate_in      (own kernel)
-//   B_m = A_m @ Wc_m   for m = 0..mmax      at::mm         (MKL / cuBLAS)
+//   B_m = SO2Lin_m(A_m) for m = 0..mmax     at::mm / addmm (MKL / cuBLAS): the (+m | -m)
+//                                           halves times the W1 / W2 blocks read in place
 //   out[tgt[e]] += D_e^T B[e]               rotate_out_add (own kernel)
 // Nothing is stored for the backward, which recomputes per tile:
 //   G   = D_e g[tgt[e]]                     (rows |m| <= mmax)
-//   GA_m = G_m @ Wc_m^T                     gradient w.r.t. the modulated a'
+//   GA_m = SO2Lin_m^T(G_m)                  gradient w.r.t. the modulated a'
 //   a = D_e x[src[e]]; grad_mod = sum_s a * GA; A' = mod * a; GA *= mod
-//   gWc_m += A'_m^T @ G_m                   (accumulated over tiles)
-//   Y_m = A'_m @ Wc_m; grad_wigner[e] = sum_c GA (x) x[src] + Y (x) g[tgt]
+//   gW_m += G_m^T A'_m per W1 / W2 block    (accumulated over tiles, straight into the
+//                                           packed weight gradient)
+//   Y_m = SO2Lin_m(A'_m); grad_wigner[e] = sum_c GA (x) x[src] + Y (x) g[tgt]
 //   grad_x[src[e]] += D_e^T GA[e]
 // so2_linear is the same code with D = identity and src = tgt = identity.
 //
@@ -107,46 +109,72 @@ inline at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->contiguous() : at::Tensor();
 }
 
-/// Per-order combined weights Wc_m in dtype `acc`: Wc_0 = W0^T [L0*Cin, L0*Cout],
-/// Wc_m = [[W1^T, W2^T], [-W2^T, W1^T]] [2*Lm*Cin, 2*Lm*Cout].
-inline std::vector<at::Tensor> combine_weights(const at::Tensor& weight, const Dims& d, at::ScalarType acc) {
-  std::vector<at::Tensor> wc;
-  const at::Tensor w = weight.to(acc);
+/// Views of the packed weight (in dtype `acc`) per order: W0 (m = 0) or W1, W2,
+/// each [Lm*Cout, Lm*Cin].  No copy when the weight already has dtype `acc`:
+/// the GEMMs below read the blocks in place (transposed views), so nothing is
+/// re-packed per call (re-packing cost a third of the time at molecule scale,
+/// where the weights are large next to the activations).
+struct WeightViews {
+  std::vector<at::Tensor> w1;  // W0 for m = 0
+  std::vector<at::Tensor> w2;  // undefined for m = 0
+};
+
+inline WeightViews weight_views(const at::Tensor& w, const Dims& d) {
+  WeightViews v;
   int64_t off = 0;
-  auto take = [&](int64_t rows, int64_t cols) {
-    at::Tensor b = w.narrow(0, off, rows * cols).view({rows, cols});
-    off += rows * cols;
-    return b;
-  };
   for (int m = 0; m <= d.mmax; ++m) {
-    const int64_t L = so2::num_l(d.lmax, m);
+    const int64_t L = so2::num_l(d.lmax, m), rows = L * d.cout, cols = L * d.cin;
+    v.w1.push_back(w.narrow(0, off, rows * cols).view({rows, cols}));
+    off += rows * cols;
     if (m == 0) {
-      wc.push_back(take(L * d.cout, L * d.cin).t().contiguous());
+      v.w2.emplace_back();
       continue;
     }
-    const at::Tensor w1t = take(L * d.cout, L * d.cin).t();
-    const at::Tensor w2t = take(L * d.cout, L * d.cin).t();
-    wc.push_back(at::cat({at::cat({w1t, w2t}, 1), at::cat({-w2t, w1t}, 1)}, 0).contiguous());
+    v.w2.push_back(w.narrow(0, off, rows * cols).view({rows, cols}));
+    off += rows * cols;
   }
-  return wc;
+  return v;
 }
 
-/// Gradients of the combined weights -> packed weight gradient (dtype `out`).
-inline at::Tensor fold_weight_grads(const std::vector<at::Tensor>& gwc, const Dims& d, at::ScalarType out) {
-  std::vector<at::Tensor> parts;
-  for (int m = 0; m <= d.mmax; ++m) {
-    const at::Tensor& g = gwc[m];
-    if (m == 0) {
-      parts.push_back(g.t().reshape(-1));
-      continue;
-    }
-    const int64_t ri = so2::num_l(d.lmax, m) * d.cin, co = so2::num_l(d.lmax, m) * d.cout;
-    const at::Tensor p = g.narrow(0, 0, ri).narrow(1, 0, co), q = g.narrow(0, 0, ri).narrow(1, co, co);
-    const at::Tensor r = g.narrow(0, ri, ri).narrow(1, 0, co), s = g.narrow(0, ri, ri).narrow(1, co, co);
-    parts.push_back(p.add(s).t().reshape(-1));  // d/dW1: W1^T appears at (+,+) and (-,-)
-    parts.push_back(q.sub(r).t().reshape(-1));  // d/dW2: +W2^T at (+,-), -W2^T at (-,+)
+/// y = SO2Lin_m(a) on one tile block: y_0 = a_0 W0^T; for m > 0, with the (+m | -m)
+/// halves of the columns, y+ = a+ W1^T - a- W2^T and y- = a+ W2^T + a- W1^T.
+inline void so2_block_mm(const at::Tensor& a, const WeightViews& w, int m, at::Tensor& y) {
+  if (m == 0) {
+    at::mm_out(y, a, w.w1[0].t());
+    return;
   }
-  return at::cat(parts, 0).to(out);
+  const int64_t ci = w.w1[m].size(1), co = w.w1[m].size(0);
+  const at::Tensor ap = a.narrow(1, 0, ci), an = a.narrow(1, ci, ci);
+  at::Tensor yp = y.narrow(1, 0, co), yn = y.narrow(1, co, co);
+  yp.addmm_(ap, w.w1[m].t(), 0, 1).addmm_(an, w.w2[m].t(), 1, -1);
+  yn.addmm_(ap, w.w2[m].t(), 0, 1).addmm_(an, w.w1[m].t(), 1, 1);
+}
+
+/// ga = SO2Lin_m^T(g): ga_0 = g_0 W0; ga+ = g+ W1 + g- W2; ga- = -g+ W2 + g- W1.
+inline void so2_block_mm_t(const at::Tensor& g, const WeightViews& w, int m, at::Tensor& ga) {
+  if (m == 0) {
+    at::mm_out(ga, g, w.w1[0]);
+    return;
+  }
+  const int64_t ci = w.w1[m].size(1), co = w.w1[m].size(0);
+  const at::Tensor gp = g.narrow(1, 0, co), gn = g.narrow(1, co, co);
+  at::Tensor ap = ga.narrow(1, 0, ci), an = ga.narrow(1, ci, ci);
+  ap.addmm_(gp, w.w1[m], 0, 1).addmm_(gn, w.w2[m], 1, 1);
+  an.addmm_(gp, w.w2[m], 0, -1).addmm_(gn, w.w1[m], 1, 1);
+}
+
+/// Weight gradients of one tile block, accumulated into views of the packed gradient:
+/// dW0 += g^T a; dW1 += g+^T a+ + g-^T a-; dW2 += g-^T a+ - g+^T a-.
+inline void so2_block_weight_grad(const at::Tensor& a, const at::Tensor& g, WeightViews& gw, int m) {
+  if (m == 0) {
+    gw.w1[0].addmm_(g.t(), a);
+    return;
+  }
+  const int64_t ci = gw.w1[m].size(1), co = gw.w1[m].size(0);
+  const at::Tensor ap = a.narrow(1, 0, ci), an = a.narrow(1, ci, ci);
+  const at::Tensor gp = g.narrow(1, 0, co), gn = g.narrow(1, co, co);
+  gw.w1[m].addmm_(gp.t(), ap).addmm_(gn.t(), an);
+  gw.w2[m].addmm_(gn.t(), ap).addmm_(gp.t(), an, 1, -1);
 }
 
 /// Block m of a tile buffer as a contiguous [count, ns*L*C] matrix.
@@ -175,7 +203,8 @@ void tiled_forward(const at::Tensor& x, const at::Tensor& wigner, const int64_t*
                    bool segmented, at::Tensor& out_acc) {
   if (E == 0) return;
   const at::ScalarType acc = out_acc.scalar_type();
-  const std::vector<at::Tensor> wc = combine_weights(weight, d, acc);
+  const at::Tensor w_acc = weight.to(acc);
+  const WeightViews wv = weight_views(w_acc, d);
   const int64_t R = d.rows();
   const int64_t T = tile_edges(E, R * (d.cin + d.cout) * int64_t(c10::elementSize(acc)), K::kTileBytes, K::kMinTile);
   const auto opts = x.options().dtype(acc);
@@ -187,7 +216,7 @@ void tiled_forward(const at::Tensor& x, const at::Tensor& wigner, const int64_t*
     K::rotate_in(spec, x, src, wigner, mod, a);
     for (int m = 0; m <= d.mmax; ++m) {
       at::Tensor bm = tile_block(b, spec.count, d.cout, d.lmax, m);
-      at::mm_out(bm, tile_block(a, spec.count, d.cin, d.lmax, m), wc[m]);
+      so2_block_mm(tile_block(a, spec.count, d.cin, d.lmax, m), wv, m, bm);
     }
     K::rotate_out_add(spec, b, tgt, wigner, out_acc, segmented);
   }
@@ -197,7 +226,7 @@ void tiled_forward(const at::Tensor& x, const at::Tensor& wigner, const int64_t*
 struct Grads {
   at::Tensor x_acc;              // [n_src, K, cin] accumulation dtype, zero-initialised
   at::Tensor wigner;             // [E, P] every entry written
-  std::vector<at::Tensor> wc;    // per-order combined weight gradients (accumulation dtype, zeros)
+  at::Tensor weight;             // packed weight gradient (accumulation dtype, zeros)
   at::Tensor mod;                // [E, nmod, cin] every entry written
 };
 
@@ -208,12 +237,15 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
                     const at::Tensor& mod, const Dims& d, bool segmented, at::ScalarType acc, Grads& out) {
   if (E == 0) return;
   const bool need_x = out.x_acc.defined(), need_wig = out.wigner.defined();
-  const bool need_w = !out.wc.empty(), need_mod = out.mod.defined();
+  const bool need_w = out.weight.defined(), need_mod = out.mod.defined();
   const bool has_mod = mod.defined();
   const bool need_ga = need_x || need_wig || need_mod;   // gradient w.r.t. the rotated input
   const bool need_a = need_w || need_wig;                // the (modulated) rotated input itself
   if (!need_ga && !need_w) return;
-  const std::vector<at::Tensor> wc = combine_weights(weight, d, acc);
+  const at::Tensor w_acc = weight.to(acc);
+  const WeightViews wv = weight_views(w_acc, d);
+  WeightViews gwv;
+  if (need_w) gwv = weight_views(out.weight, d);
   const int64_t R = d.rows();
   const int64_t per_edge = R * (2 * d.cin + 2 * d.cout) * int64_t(c10::elementSize(acc));
   const int64_t T = tile_edges(E, per_edge, K::kTileBytes, K::kMinTile);
@@ -232,7 +264,7 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
     if (need_ga) {
       for (int m = 0; m <= d.mmax; ++m) {
         at::Tensor gam = tile_block(ga_t, n, d.cin, d.lmax, m);
-        at::mm_out(gam, tile_block(g_t, n, d.cout, d.lmax, m), wc[m].t());
+        so2_block_mm_t(tile_block(g_t, n, d.cout, d.lmax, m), wv, m, gam);
       }
     }
     if (has_mod && need_ga) {
@@ -244,10 +276,10 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
     for (int m = 0; m <= d.mmax && (need_w || need_wig); ++m) {
       const at::Tensor am = tile_block(a_t, n, d.cin, d.lmax, m);
       const at::Tensor gm = tile_block(g_t, n, d.cout, d.lmax, m);
-      if (need_w) out.wc[m].addmm_(am.t(), gm);
+      if (need_w) so2_block_weight_grad(am, gm, gwv, m);
       if (need_wig) {
         at::Tensor ym = tile_block(y_t, n, d.cout, d.lmax, m);
-        at::mm_out(ym, am, wc[m]);
+        so2_block_mm(am, wv, m, ym);
       }
     }
     if (need_wig) K::wigner_grad(spec, ga_t, x, src, y_t, grad, tgt, out.wigner);
@@ -301,10 +333,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> message_backward(
   Grads g;
   if (need_x) g.x_acc = at::zeros({N, d.coeffs(), d.cin}, x.options().dtype(acc));
   if (need_wigner) g.wigner = (E == 0) ? at::zeros_like(wigner) : at::empty_like(wigner);
-  if (need_weight) {
-    const std::vector<at::Tensor> shapes = combine_weights(weight, d, acc);
-    for (const at::Tensor& s : shapes) g.wc.push_back(at::zeros_like(s));
-  }
+  if (need_weight) g.weight = at::zeros(weight.sizes(), weight.options().dtype(acc));
   if (need_mod) g.mod = (E == 0) ? at::zeros_like(mod) : at::empty_like(mod);
   const bool segmented = need_x && (K::kAlwaysSegmented || deterministic);
   const int64_t* src = ei.data_ptr<int64_t>();
@@ -312,7 +341,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> message_backward(
   tiled_backward<K>(grad, x, wigner, src, src + E, perm, E, weight, mod, d, segmented, acc, g);
   const at::Tensor empty = grad.new_empty({0});
   return {need_x ? g.x_acc.to(x.scalar_type()) : empty, need_wigner ? g.wigner : empty,
-          need_weight ? fold_weight_grads(g.wc, d, weight.scalar_type()) : empty, need_mod ? g.mod : empty};
+          need_weight ? g.weight.to(weight.scalar_type()) : empty, need_mod ? g.mod : empty};
 }
 
 /// so2_linear forward on backend K.
@@ -348,16 +377,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const at::Tensor&
   need_mod = need_mod && mod.defined();
   Grads g;
   if (need_x) g.x_acc = at::zeros({E, d.coeffs(), d.cin}, x.options().dtype(acc));
-  if (need_weight) {
-    const std::vector<at::Tensor> shapes = combine_weights(weight, d, acc);
-    for (const at::Tensor& s : shapes) g.wc.push_back(at::zeros_like(s));
-  }
+  if (need_weight) g.weight = at::zeros(weight.sizes(), weight.options().dtype(acc));
   if (need_mod) g.mod = (E == 0) ? at::zeros_like(mod) : at::empty_like(mod);
   tiled_backward<K>(grad, x, at::Tensor(), nullptr, nullptr, at::Tensor(), E, weight, mod, d, /*segmented=*/true, acc,
                     g);
   const at::Tensor empty = grad.new_empty({0});
   return {need_x ? g.x_acc.to(x.scalar_type()) : empty,
-          need_weight ? fold_weight_grads(g.wc, d, weight.scalar_type()) : empty, need_mod ? g.mod : empty};
+          need_weight ? g.weight.to(weight.scalar_type()) : empty, need_mod ? g.mod : empty};
 }
 
 }  // namespace driver
