@@ -242,7 +242,8 @@ class QHNetV2(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, extra: Optional[Dict] = None) -> Dict:
         return {"format": CHECKPOINT_FORMAT, "version": 1, "config": self.config.to_dict(),
-                "layout": self.layout.to_dict(), "state_dict": self.state_dict(), "extra": extra or {}}
+                "layout": self.layout.to_dict(), "state_dict": self.state_dict(), "extra": extra or {},
+                "dtype": str(self.embedding.weight.dtype).replace("torch.", "")}
 
     def save(self, path: str, extra: Optional[Dict] = None) -> None:
         """Write a checkpoint atomically (temporary file + rename)."""
@@ -256,7 +257,14 @@ class QHNetV2(nn.Module):
         layout = BasisLayout.from_dict(ckpt["layout"])
         basis, elements = cfg.pop("basis"), cfg.pop("elements")
         model = cls(basis=basis, elements=elements, layout=layout, **cfg)
-        model.load_state_dict(ckpt["state_dict"])
+        dtype = {"float32": torch.float32, "float64": torch.float64}.get(ckpt.get("dtype", "float32"))
+        if dtype is None:
+            raise ValueError(f"checkpoint has an unsupported dtype {ckpt.get('dtype')!r}")
+        model = model.to(dtype)
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint weights do not fit its own configuration: {exc}") from None
         return model
 
     @classmethod
