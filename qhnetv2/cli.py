@@ -25,6 +25,10 @@ COMMAND_GROUPS = [
      "QH9 metrics (and DFT acceleration) of a checkpoint on a labelled dataset"),
     ("predict", "qhnetv2.predict_cli",
      "Hamiltonians, orbital energies and HOMO-LUMO gaps of new geometries"),
+    ("train", "qhnetv2.training.commands",
+     "train QHNetV2 on a dataset (YAML config or preset; torchrun for several GPUs)"),
+    ("demo", "qhnetv2.demo",
+     "label a small water/ethanol set, train the tiny model, show faster SCF"),
 ]
 
 

@@ -1,0 +1,243 @@
+"""``qhnetv2 demo``: from nothing to a model that makes PySCF converge faster, in minutes.
+
+Steps (each cached under ``--out``, so a second run skips what is done):
+
+1. MD17-like geometries of water and ethanol (``qhnetv2.data.recipe``: MMFF
+   Langevin MD at 500 K), ``RUN/geometries/*.extxyz``;
+2. PySCF labels (``qhnetv2.data.build.build_dataset``, the code of
+   ``qhnetv2 data build``), ``RUN/data``; demo recipe: restricted HF / def2-SVP
+   unless ``--xc``/``--basis`` say otherwise (``--xc b3lyp`` is QH9's recipe, ~5x
+   slower to label and to run the SCF);
+3. a split holding out the last frames of each trajectory (``RUN/split.json``);
+4. training of the ``tiny`` preset on the residual over PySCF's ``minao`` Fock
+   matrix (``qhnetv2.training.train``), ``RUN/checkpoints/best.pt``;
+5. evaluation on the held-out geometries (``qhnetv2.evaluate``): H MAE,
+   occupied orbital-energy MAE, coefficient similarity, and the SCF started from
+   the prediction vs from ``minao`` (cycles; final energies must agree);
+6. a table on stdout, ``RUN/demo.json``, ``RUN/learning_curve.png`` and
+   ``RUN/scf_cycles.png``.
+
+``--quick`` is a reduced run for CI (a few minutes on two cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+#: sizes of the full and the quick demo
+FULL = {"water": 36, "ethanol": 16, "test_water": 4, "test_ethanol": 3, "valid_water": 2, "valid_ethanol": 1,
+        "steps": 300}
+QUICK = {"water": 12, "ethanol": 5, "test_water": 2, "test_ethanol": 1, "valid_water": 1, "valid_ethanol": 1,
+         "steps": 40}
+
+
+def demo_split(reader, sizes: Dict[str, int]) -> Dict[str, List[str]]:
+    """Per molecule (file stem): the last ``test_<name>`` frames are test, the ``valid_<name>``
+    before them valid, the rest train (held-out geometries come later in the trajectory)."""
+    by_mol: Dict[str, List[str]] = {}
+    for mol_id in sorted(reader.ids):
+        by_mol.setdefault(mol_id.split(":")[0], []).append(mol_id)
+    out: Dict[str, List[str]] = {"train": [], "valid": [], "test": []}
+    for name, ids in sorted(by_mol.items()):
+        n_test, n_valid = sizes.get(f"test_{name}", 1), sizes.get(f"valid_{name}", 1)
+        if len(ids) < n_test + n_valid + 1:
+            raise ValueError(f"demo: only {len(ids)} labelled {name} molecules; need {n_test + n_valid + 1}")
+        out["test"] += ids[len(ids) - n_test:]
+        out["valid"] += ids[len(ids) - n_test - n_valid: len(ids) - n_test]
+        out["train"] += ids[: len(ids) - n_test - n_valid]
+    return out
+
+
+def _plot_scf(per: List[Dict[str, Any]], path: str) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in per if "error" not in r]
+    labels = [r["id"] for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 2), 3.8))
+    w = 0.38
+    ax.bar(x - w / 2, [r["minao"]["cycles"] for r in rows], w, label="PySCF minao guess")
+    ax.bar(x + w / 2, [r["pred"]["cycles"] for r in rows], w, label="QHNetV2 prediction")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("SCF cycles to convergence")
+    ax.set_title("SCF cycles per held-out molecule")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_table(res: Dict[str, Any]) -> str:
+    m, s = res["metrics"], res["scf"]
+    lines = [
+        f"QHNetV2 demo: {res['n_train']} train / {res['n_valid']} valid / {res['n_test']} held-out geometries "
+        f"({res['recipe']}), {res['steps']} training steps, target {res['target']}",
+        "",
+        f"  {'metric (held-out geometries)':44s} {'value':>14s}",
+        f"  {'-' * 44} {'-' * 14}",
+        f"  {'Hamiltonian MAE (uEh)':44s} {m['hamiltonian_mae_uEh']:14.1f}",
+        f"  {'  diagonal blocks (uEh)':44s} {m['hamiltonian_diagonal_mae_uEh']:14.1f}",
+        f"  {'  off-diagonal blocks (uEh)':44s} {m['hamiltonian_off_diagonal_mae_uEh']:14.1f}",
+        f"  {'occupied orbital-energy MAE (uEh)':44s} {m['orbital_energy_mae_uEh']:14.1f}",
+        f"  {'occupied coefficient similarity (%)':44s} {m['orbital_coefficient_similarity_percent']:14.2f}",
+        f"  {'mean SCF cycles from the model':44s} {s['mean_cycles_pred']:14.2f}",
+        f"  {'mean SCF cycles from PySCF minao':44s} {s['mean_cycles_minao']:14.2f}",
+    ]
+    if res.get("base_cycles") is not None:
+        lines.append(f"  {'mean SCF cycles from the base F[minao] alone':44s} {res['base_cycles']:14.2f}")
+    lines += [
+        f"  {'cycles model / minao (mean ratio)':44s} {s['ratio_pred_over_minao']:14.3f}",
+        f"  {'max |E(model) - E(minao)| (Eh)':44s} {s['max_abs_energy_diff_pred_vs_minao']:14.2e}",
+        f"  {'final energies equal (< %.0e Eh)' % s['energy_tol']:44s} "
+        f"{'yes' if s['n_energy_diff_above_tol'] == 0 and not s['n_errors'] else 'NO':>14s}",
+        f"  {'model helps (fewer cycles than minao)':44s} "
+        f"{'yes' if s['mean_cycles_pred'] < s['mean_cycles_minao'] else 'NO':>14s}",
+        "",
+        f"wall time {res['wall_s']:.0f} s (labelling {res['timings']['label_s']:.0f} s, training "
+        f"{res['timings']['train_s']:.0f} s, evaluation + SCF {res['timings']['evaluate_s']:.0f} s) on {res['device']}",
+    ]
+    return "\n".join(lines)
+
+
+def run_demo(out: str = "qhnetv2-demo", quick: bool = False, steps: Optional[int] = None,
+             xc: str = "hf", basis: str = "def2-svp", target: Optional[str] = None,
+             device: str = "auto", workers: Optional[int] = None, base_scf: bool = True,
+             progress: bool = True) -> Dict[str, Any]:
+    """The whole demo; returns the result dict (also written to ``RUN/demo.json``)."""
+    import numpy as np
+    import torch
+
+    from .data.build import build_dataset
+    from .data.recipe import make_md17_like
+    from .data.split import write_json_atomic
+    from .data.store import HamiltonianReader
+    from .training import load_config, train
+
+    t0 = time.time()
+    sizes = dict(QUICK if quick else FULL)
+    run = os.path.abspath(out)
+    os.makedirs(run, exist_ok=True)
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    timings: Dict[str, float] = {}
+
+    def say(msg: str) -> None:
+        print(f"[demo {time.time() - t0:6.0f}s] {msg}", flush=True)
+
+    # 1-2. geometries and labels (cached / resumable)
+    t = time.time()
+    paths = make_md17_like(os.path.join(run, "geometries"), {"water": sizes["water"], "ethanol": sizes["ethanol"]},
+                           seed=0)
+    data = os.path.join(run, "data")
+    settings = {"xc": xc, "basis": basis}
+    ncpu = os.cpu_count() or 1
+    n_workers = workers if workers is not None else min(2, ncpu)
+    say(f"labelling {sizes['water']} water + {sizes['ethanol']} ethanol geometries with PySCF "
+        f"({xc}/{basis}; cached in {data})")
+    summary = build_dataset(paths, data, settings, workers=n_workers, threads=max(1, ncpu // max(1, n_workers)),
+                            progress=progress)
+    if summary["n_failed"]:
+        say(f"warning: {summary['n_failed']} molecules failed to label: {summary['failure_reasons']}")
+    timings["label_s"] = time.time() - t
+
+    # 3. split
+    reader = HamiltonianReader(data)
+    split = demo_split(reader, sizes)
+    split_path = os.path.join(run, "split.json")
+    write_json_atomic(split_path, dict(split, method="demo: last frames of each trajectory held out"))
+
+    # 4. training
+    t = time.time()
+    n_steps = int(steps if steps is not None else sizes["steps"])
+    cfg = load_config("tiny", max_steps=n_steps, val_every=max(10, n_steps // 6), log_every=5,
+                      device="cuda" if cuda else "cpu", target=target)
+    say(f"training the tiny preset for {n_steps} steps (target {cfg.target}, {cfg.dtype}, "
+        f"{'GPU' if cuda else 'CPU'})")
+    threads = torch.get_num_threads()
+    if not cuda:
+        # the tiny model's ops are small: one thread avoids OpenMP overhead on a busy 2-core machine
+        torch.set_num_threads(1)
+    try:
+        tsum = train(cfg, data, split_path, run, resume=True, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    timings["train_s"] = time.time() - t
+    say(f"trained: best valid H MAE {tsum['best_val_mae_uEh']:.1f} uEh at step {tsum['best_step']}")
+
+    # 5. evaluation + SCF from the predictions
+    t = time.time()
+    from .evaluate import evaluate
+
+    say(f"evaluating on {len(split['test'])} held-out geometries; SCF from the model vs from minao")
+    res = evaluate(tsum["best_checkpoint"], data, ids=split["test"], scf=len(split["test"]),
+                   device="cuda" if cuda else "cpu")
+    base_cycles = None
+    if base_scf and cfg.target != "full":
+        from .baseline import base_hamiltonian
+        from .scf import run_scf
+
+        scf_settings = res["scf"]["settings"]
+        cyc = []
+        for mol_id in split["test"]:
+            rec = reader[mol_id]
+            hb = base_hamiltonian(rec["atomic_numbers"], rec["positions"], cfg.target, scf_settings)
+            cyc.append(run_scf(rec["atomic_numbers"], rec["positions"], hb, scf_settings).cycles)
+        base_cycles = float(np.mean(cyc))
+    timings["evaluate_s"] = time.time() - t
+
+    # 6. report
+    result = {
+        "recipe": f"{xc}/{basis}", "target": cfg.target, "steps": tsum["steps"],
+        "n_train": len(split["train"]), "n_valid": len(split["valid"]), "n_test": len(split["test"]),
+        "metrics": res["metrics"], "scf": {k: v for k, v in res["scf"].items()},
+        "base_cycles": base_cycles, "training": tsum, "timings": timings,
+        "device": "GPU" if cuda else f"CPU ({ncpu} cores)", "run_dir": run,
+        "checkpoint": tsum["best_checkpoint"], "learning_curve": tsum["learning_curve"],
+        "scf_plot": _plot_scf(res["scf"]["per_molecule"], os.path.join(run, "scf_cycles.png")),
+    }
+    result["wall_s"] = time.time() - t0
+    from .evaluate import _json_safe
+    write_json_atomic(os.path.join(run, "demo.json"), _json_safe(result))
+    return result
+
+
+def cmd_demo(args) -> int:
+    result = run_demo(out=args.out, quick=args.quick, steps=args.steps, xc=args.xc, basis=args.basis,
+                      target=args.target, device=args.device, workers=args.workers,
+                      base_scf=not args.no_base_scf, progress=not args.no_progress)
+    print()
+    print(format_table(result))
+    print(f"\nrun folder {result['run_dir']}: checkpoints/best.pt (QHNetV2.load), learning_curve.png, "
+          f"scf_cycles.png, log.csv, demo.json")
+    sys.stdout.flush()
+    return 0
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``demo`` options to ``parser`` (the ``demo`` group parser)."""
+    parser.add_argument("--out", default="qhnetv2-demo", metavar="DIR",
+                        help="run folder (default %(default)s); reruns reuse its labels and training")
+    parser.add_argument("--quick", action="store_true",
+                        help="reduced sizes for CI (fewer molecules and steps; a few minutes on 2 cores)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 300, quick: 40)")
+    parser.add_argument("--xc", default="hf", help="labelling functional, or hf (default %(default)s; "
+                        "b3lyp is QH9's recipe, ~5x slower)")
+    parser.add_argument("--basis", default="def2-svp", help="basis (default %(default)s)")
+    parser.add_argument("--target", choices=("full", "core", "minao"), default=None,
+                        help="what the model learns (default: the tiny preset's, minao)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="default: a GPU when there is one")
+    parser.add_argument("--workers", type=int, default=None, help="labelling worker processes")
+    parser.add_argument("--no-base-scf", action="store_true",
+                        help="skip the extra SCF from the base Hamiltonian alone")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=cmd_demo)

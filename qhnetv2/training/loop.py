@@ -1,0 +1,351 @@
+"""The training loop: ``train(config, data_dir, split_file, out_dir, resume=False, progress=True) -> dict``.
+
+One optimizer step = one global batch of ``config.batch_size`` molecules
+(split over the torchrun ranks).  Loss: ``w_mae * MAE + w_mse * MSE`` over all
+Hamiltonian entries of the global batch (of ``H - H_base`` for residual
+targets).  Each rank's loss is its share of the global sum divided by the
+global entry count, times the world size, so after DDP's gradient averaging
+the step is exactly that of one process on the whole batch.
+
+Run folder: ``checkpoints/{best,last}.pt``, ``log.csv``, ``tb/`` (TensorBoard,
+if installed), ``learning_curve.png``, ``config.yaml``, ``base_cache/``
+(residual targets), ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from functools import partial
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from . import distributed as ddp
+from .checkpoint import BEST, LAST, checkpoint_dir, load_training_checkpoint, rng_state, save_training_checkpoint, set_rng_state
+from .collate import collate
+from .config import TrainConfig
+from .ema import EMA
+from .logs import RunLog, plot_learning_curve
+from .sampler import BucketBatchSampler
+from .schedule import make_scheduler
+from .validate import validate
+
+_COMPAT_KEYS = ("model", "target", "dtype", "batch_size", "seed", "bucket")
+
+
+class _BatchForward(nn.Module):
+    """``forward(atomic_numbers, positions, batch) -> H_flat``: what DDP wraps (it hooks ``forward`` only)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, atomic_numbers, positions, batch):
+        return self.model.forward_batch(atomic_numbers, positions, batch)[0]
+
+
+def _build_model(config: TrainConfig, basis: str, elements, dtype: torch.dtype, device):
+    from qhnetv2.model import QHNetV2
+
+    torch.manual_seed(config.seed)
+    model = QHNetV2.from_preset(config.model["preset"], basis=basis, elements=elements, **config.model_overrides())
+    return model.to(device=device, dtype=dtype)
+
+
+def _write_yaml(path: str, data: Dict[str, Any]) -> None:
+    import yaml
+
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def _fit_reference(model, dataset, limit: int) -> None:
+    """``model.fit_atom_reference`` on (up to ``limit``) training targets (``H - base`` if residual)."""
+    def molecules():
+        for i in range(min(len(dataset), limit)):
+            item = dataset[i]
+            h = item["hamiltonian"]
+            if "base_hamiltonian" in item:
+                h = h - item["base_hamiltonian"]
+            yield {"atomic_numbers": item["atomic_numbers"], "hamiltonian": h}
+    model.fit_atom_reference(molecules())
+
+
+def _precompute_bases(dataset, num_workers: int, progress: bool) -> None:
+    """Fill the base-Hamiltonian cache (rank 0), in DataLoader workers when ``num_workers`` > 0."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=lambda r: None)
+    it = loader
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(loader, total=len(dataset), desc=f"base H ({dataset.cache.kind})", unit="mol", leave=False)
+    for _ in it:
+        pass
+
+
+def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, resume: bool = False,
+          progress: bool = True) -> Dict[str, Any]:
+    """Train a QHNetV2 model; returns a summary dict.
+
+    Args:
+        config: a :class:`TrainConfig` (``load_config(path_or_preset)``).
+        data_dir: dataset directory (``qhnetv2 data build``/``import``).
+        split_file: split JSON (``qhnetv2 data split``); trains on ``train``, validates on ``valid``.
+        out_dir: run folder (created).  Without ``resume`` it must not hold a run already.
+        resume: continue from ``out_dir/checkpoints/last.pt`` exactly where it stopped
+            (weights, optimizer, scheduler, EMA, data order, RNG); a fresh start if there is none.
+        progress: tqdm progress bar (rank 0).
+
+    Returns:
+        ``steps``, ``best_val_mae`` (Hartree; NaN without a validation set),
+        ``best_val_mae_uEh``, ``best_step``, ``final_val`` (metrics of the last validation),
+        ``wall_s``, ``steps_per_s``, ``resumed_from``, ``world_size``, ``run_dir``,
+        ``best_checkpoint``, ``last_checkpoint``, ``log_csv``, ``learning_curve``, ``tensorboard``.
+    """
+    from qhnetv2.baseline import BaseCache
+    from qhnetv2.data import HamiltonianDataset
+
+    from .data import ResidualDataset, atomic_numbers_of, dataset_settings, molecule_sizes
+
+    t_start = time.time()
+    config = TrainConfig.from_dict(config.to_dict()) if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    rank, world, device = ddp.setup(config.device)
+    is_main = rank == 0
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    run_dir = os.path.abspath(out_dir)
+    ckdir = checkpoint_dir(run_dir)
+    last_path, best_path = os.path.join(ckdir, LAST), os.path.join(ckdir, BEST)
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"dataset {data_dir!r} does not exist")
+    if not os.path.exists(split_file):
+        raise FileNotFoundError(f"split file {split_file!r} does not exist")
+
+    ckpt = None
+    if resume and os.path.exists(last_path):
+        ckpt = load_training_checkpoint(last_path)
+        old = ckpt["extra"]["train_config"]
+        for key in _COMPAT_KEYS:
+            if old.get(key) != config.to_dict()[key]:
+                raise ValueError(f"--resume: {key} differs from the run in {run_dir} "
+                                 f"({old.get(key)!r} there, {config.to_dict()[key]!r} now)")
+    elif not resume and os.path.exists(last_path):
+        raise FileExistsError(f"{run_dir} already holds a run (checkpoints/last.pt); "
+                              f"use --resume to continue it or choose another --out")
+    elif resume and is_main:
+        print(f"resume: no checkpoint in {ckdir}; starting a fresh run", flush=True)
+
+    # ------------------------------------------------------------------ data
+    train_raw = HamiltonianDataset(data_dir, split_file=split_file, split="train")
+    valid_raw = HamiltonianDataset(data_dir, split_file=split_file, split="valid")
+    if len(train_raw) == 0:
+        raise ValueError(f"split {split_file}: the train split is empty")
+    if config.val_max_molecules is not None:
+        valid_raw = HamiltonianDataset(data_dir, ids=valid_raw.ids[: config.val_max_molecules])
+    settings = dataset_settings(train_raw)
+    basis = config.model.get("basis") or train_raw.meta.get("basis") or settings.get("basis")
+    if not basis:
+        raise ValueError("the dataset does not say its basis; set model.basis in the config")
+    if settings.get("basis") and settings["basis"] != basis:
+        raise ValueError(f"model.basis {basis!r} differs from the dataset's basis {settings['basis']!r}")
+    train_z = atomic_numbers_of(train_raw)
+    elements = config.model.get("elements")
+    if elements is None:
+        import numpy as np
+        elements = sorted({int(a) for z in train_z + atomic_numbers_of(valid_raw) for a in np.unique(z)})
+    cache = None
+    if config.target != "full":
+        cache = BaseCache(os.path.join(run_dir, "base_cache"), config.target, settings) if is_main else \
+            _ReadOnlyCache(os.path.join(run_dir, "base_cache"), config.target, settings)
+    train_ds = ResidualDataset(train_raw, cache, write=is_main)
+    valid_ds = ResidualDataset(valid_raw, cache, write=is_main)
+    if is_main:
+        os.makedirs(ckdir, exist_ok=True)
+        if cache is not None:
+            _precompute_bases(train_ds, config.num_workers, progress)
+            _precompute_bases(valid_ds, config.num_workers, progress)
+    ddp.barrier()
+
+    # ------------------------------------------------------------------ model, optimizer, state
+    if ckpt is not None:
+        from qhnetv2.model import QHNetV2
+
+        model = QHNetV2.from_checkpoint(ckpt).to(device=device, dtype=dtype)
+    else:
+        model = _build_model(config, basis, elements, dtype, device)
+        if is_main:
+            _fit_reference(model, train_ds, config.atom_reference_molecules)
+    net = _BatchForward(model)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config)
+    ema = EMA(model, config.ema_decay)
+    step, best_val, best_step = 0, math.inf, -1
+    if ckpt is not None:
+        st = ckpt["extra"]["train_state"]
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        ema.load_state_dict(st["ema"])
+        set_rng_state(st["rng"])
+        step = int(ckpt["extra"]["step"])
+        best_val = float(ckpt["extra"]["best_val_mae"])
+        best_step = int(ckpt["extra"]["best_step"])
+    resumed_from = step if ckpt is not None else None
+
+    sizes = molecule_sizes(train_z, model.layout)
+    sampler = BucketBatchSampler(sizes, config.batch_size, config.seed, rank, world, config.bucket)
+    sampler.set_start(step, config.max_steps)
+    loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate,
+                                         num_workers=config.num_workers)
+    val_ids = list(range(len(valid_ds)))[rank::world]
+    val_sizes = molecule_sizes(atomic_numbers_of(valid_raw), model.layout) if len(valid_ds) else []
+    val_order = sorted(val_ids, key=lambda i: val_sizes[i])
+    val_batches = [val_order[i : i + config.batch_size] for i in range(0, len(val_order), config.batch_size)]
+    val_loader = torch.utils.data.DataLoader(valid_ds, batch_sampler=val_batches, collate_fn=collate,
+                                             num_workers=config.num_workers) if val_batches or world > 1 else None
+
+    log = None
+    if is_main:
+        _write_yaml(os.path.join(run_dir, "config.yaml"), config.to_dict())
+        log = RunLog(run_dir, resume_step=step if ckpt is not None else None)
+    base_extra = {"target": config.target, "settings": settings, "scf_settings": settings, "basis": basis,
+                  "train_config": config.to_dict(), "data_dir": os.path.abspath(data_dir),
+                  "split_file": os.path.abspath(split_file)}
+    has_val = len(valid_ds) > 0
+    ck_every = config.checkpoint_every or config.val_every
+    w_mae, w_mse = config.loss["mae"], config.loss["mse"]
+    bar = None
+    if is_main and progress and step < config.max_steps:
+        from tqdm import tqdm
+        bar = tqdm(total=config.max_steps, initial=step, unit="step", desc="training", dynamic_ncols=True)
+    final_val: Dict[str, float] = {}
+    t_loop, steps_done = time.time(), 0
+    acc = torch.zeros(3, dtype=torch.float64)  # loss sum, abs-error sum, entries since the last log
+
+    def run_validation() -> Dict[str, float]:
+        batches = (b for b in val_loader) if val_loader is not None else iter(())
+        if ema.enabled:
+            with ema.applied():
+                return validate(model, batches, device, dtype, config.val_orbitals)
+        return validate(model, batches, device, dtype, config.val_orbitals)
+
+    def save_last(at_step: int) -> None:
+        extra = dict(base_extra, step=at_step, best_val_mae=best_val, best_step=best_step,
+                     train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                  "ema": ema.state_dict(), "rng": rng_state()})
+        save_training_checkpoint(model, last_path, extra)
+
+    model.train()
+    for batch in loader:
+        b = batch.to(device, dtype)
+        pred = net(b.atomic_numbers, b.positions, b.batch)
+        err = pred - b.target
+        abs_sum, sq_sum = err.abs().sum(), err.pow(2).sum()
+        stats = torch.tensor([float(w_mae * abs_sum + w_mse * sq_sum), float(abs_sum), err.numel()],
+                             dtype=torch.float64)
+        ddp.all_reduce_sum(stats)
+        loss = (w_mae * abs_sum + w_mse * sq_sum) * (world / stats[2].item())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip
+                     else torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters() if p.grad is not None)))
+        optimizer.step()
+        scheduler.step()
+        ema.update()
+        step += 1
+        steps_done += 1
+        acc += stats
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats[0].item() / stats[2].item():.3g}",
+                            mae_uEh=f"{stats[1].item() / stats[2].item() * 1e6:.0f}", refresh=False)
+        last_step = step >= config.max_steps
+        row: Optional[Dict[str, Any]] = None
+        if step % config.log_every == 0 or last_step:
+            elapsed = time.time() - t_loop
+            row = {"step": step, "epoch": (step - 1) // sampler.batches_per_epoch, "lr": scheduler.get_last_lr()[0],
+                   "loss": acc[0].item() / acc[2].item(), "train_mae_uEh": acc[1].item() / acc[2].item() * 1e6,
+                   "grad_norm": float(grad_norm), "steps_per_s": steps_done / elapsed if elapsed > 0 else None,
+                   "wall_s": time.time() - t_start}
+            acc.zero_()
+        if has_val and (step % config.val_every == 0 or last_step):
+            final_val = run_validation()
+            if is_main:
+                from qhnetv2.metrics import to_micro_hartree
+                micro = to_micro_hartree(final_val)
+                row = row or {"step": step, "epoch": (step - 1) // sampler.batches_per_epoch,
+                              "lr": scheduler.get_last_lr()[0], "wall_s": time.time() - t_start}
+                row.update(val_mae_uEh=micro.get("hamiltonian_mae_uEh"),
+                           val_diag_mae_uEh=micro.get("hamiltonian_diagonal_mae_uEh"),
+                           val_offdiag_mae_uEh=micro.get("hamiltonian_off_diagonal_mae_uEh"),
+                           val_orbital_energy_mae_uEh=micro.get("orbital_energy_mae_uEh"),
+                           val_coef_similarity_percent=micro.get("orbital_coefficient_similarity_percent"))
+            if final_val["hamiltonian_mae"] < best_val:
+                best_val, best_step = final_val["hamiltonian_mae"], step
+                if is_main:
+                    save_training_checkpoint(model, best_path, dict(base_extra, step=step, best_val_mae=best_val,
+                                                                   best_step=step, val_metrics=final_val),
+                                             state_dict=ema.shadow)
+        elif not has_val and (step % ck_every == 0 or last_step) and is_main:
+            # no validation set: best = the latest EMA weights
+            best_step = step
+            save_training_checkpoint(model, best_path, dict(base_extra, step=step, best_val_mae=best_val,
+                                                           best_step=step), state_dict=ema.shadow)
+        if is_main and row is not None:
+            log.write(row)
+            if bar is not None and "val_mae_uEh" in row:
+                bar.write(f"step {step}: valid H MAE {row['val_mae_uEh']:.1f} uEh "
+                          f"(best {best_val * 1e6:.1f} at step {best_step})")
+        if is_main and (step % ck_every == 0 or last_step):
+            save_last(step)
+            if "val_mae_uEh" in (row or {}) or last_step:
+                plot_learning_curve(log.csv_path, os.path.join(run_dir, "learning_curve.png"))
+    if bar is not None:
+        bar.close()
+    ddp.barrier()
+    wall = time.time() - t_start
+    summary = {
+        "steps": step, "best_val_mae": best_val if best_step >= 0 and has_val else float("nan"),
+        "best_val_mae_uEh": best_val * 1e6 if best_step >= 0 and has_val else float("nan"),
+        "best_step": best_step, "final_val": final_val, "wall_s": wall,
+        "steps_per_s": steps_done / (time.time() - t_loop) if steps_done else 0.0,
+        "resumed_from": resumed_from, "world_size": world, "target": config.target, "run_dir": run_dir,
+        "best_checkpoint": best_path, "last_checkpoint": last_path,
+        "log_csv": os.path.join(run_dir, "log.csv"), "learning_curve": os.path.join(run_dir, "learning_curve.png"),
+        "tensorboard": os.path.join(run_dir, "tb") if log is not None and log.tb is not None else None,
+    }
+    if is_main:
+        log.close()
+        if not os.path.exists(summary["learning_curve"]):
+            plot_learning_curve(log.csv_path, summary["learning_curve"])
+        from qhnetv2.data.split import write_json_atomic
+        write_json_atomic(os.path.join(run_dir, "summary.json"), _jsonable(summary))
+    return summary
+
+
+class _ReadOnlyCache:
+    """A ``BaseCache`` look-alike for ranks > 0: same paths, never writes."""
+
+    def __init__(self, folder: str, kind: str, settings: Dict[str, Any]):
+        from qhnetv2.baseline import BaseCache
+
+        self._inner = BaseCache.__new__(BaseCache)
+        self._inner.folder, self._inner.kind, self._inner.settings = folder, kind, dict(settings)
+        self.kind, self.settings = kind, dict(settings)
+
+    def _path(self, key: str) -> str:
+        return self._inner._path(key)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
