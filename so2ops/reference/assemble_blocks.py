@@ -50,7 +50,7 @@ def assemble_blocks(
         ``[total]`` flat Hamiltonians (``total = sum_b mol_nao[b]**2``).
     """
     n_items = features.shape[0]
-    flat = features.reshape(n_items, -1)
+    flat = features.reshape(n_items, features.shape[1] * features.shape[2])  # not -1: I may be 0
     # a zero column for the "-1" (no term) table entries
     flat = torch.cat([flat, flat.new_zeros(n_items, 1)], dim=1)
     zero_col = flat.shape[1] - 1

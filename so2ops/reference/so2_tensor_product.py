@@ -41,11 +41,11 @@ def to_spectral(x: torch.Tensor, w_in: torch.Tensor, lmax: int, mmax: int, hidde
     for k in range(nu):
         blocks = {(m, kind): (o, r, cc) for m, kind, o, r, cc in tp_in_blocks(lmax, mmax, c, hidden)}
         w = lambda m, kind: _block(w_in[k], *blocks[(m, kind)])  # noqa: E731
-        x0 = x[:, _rows(lmax, 0), :].reshape(n, -1)
+        x0 = x[:, _rows(lmax, 0), :].reshape(n, (lmax + 1) * c)  # not -1: N may be 0
         out[:, k, mmax, :] = x0 @ w(0, "w0").T
         for m in range(1, mmax + 1):
-            xp = x[:, _rows(lmax, m), :].reshape(n, -1)
-            xn = x[:, _rows(lmax, -m), :].reshape(n, -1)
+            xp = x[:, _rows(lmax, m), :].reshape(n, (lmax - m + 1) * c)
+            xn = x[:, _rows(lmax, -m), :].reshape(n, (lmax - m + 1) * c)
             w1, w2 = w(m, "w1"), w(m, "w2")
             out[:, k, mmax + m, :] = xp @ w1.T - xn @ w2.T
             out[:, k, mmax - m, :] = xp @ w2.T + xn @ w1.T
