@@ -29,10 +29,10 @@ import time
 from typing import Any, Dict, List, Optional
 
 #: sizes of the full and the quick demo
-FULL = {"water": 36, "ethanol": 16, "test_water": 4, "test_ethanol": 3, "valid_water": 2, "valid_ethanol": 1,
-        "steps": 300}
-QUICK = {"water": 12, "ethanol": 5, "test_water": 2, "test_ethanol": 1, "valid_water": 1, "valid_ethanol": 1,
-         "steps": 40}
+FULL = {"water": 30, "ethanol": 24, "test_water": 3, "test_ethanol": 3, "valid_water": 1, "valid_ethanol": 1,
+        "steps": 1200}
+QUICK = {"water": 10, "ethanol": 4, "test_water": 2, "test_ethanol": 1, "valid_water": 1, "valid_ethanol": 1,
+         "steps": 60}
 
 
 def demo_split(reader, sizes: Dict[str, int]) -> Dict[str, List[str]]:
@@ -158,7 +158,7 @@ def run_demo(out: str = "qhnetv2-demo", quick: bool = False, steps: Optional[int
     # 4. training
     t = time.time()
     n_steps = int(steps if steps is not None else sizes["steps"])
-    cfg = load_config("tiny", max_steps=n_steps, val_every=max(10, n_steps // 6), log_every=5,
+    cfg = load_config("tiny", max_steps=n_steps, val_every=max(10, n_steps // 8), log_every=5,
                       device="cuda" if cuda else "cpu", target=target)
     say(f"training the tiny preset for {n_steps} steps (target {cfg.target}, {cfg.dtype}, "
         f"{'GPU' if cuda else 'CPU'})")
@@ -228,7 +228,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="run folder (default %(default)s); reruns reuse its labels and training")
     parser.add_argument("--quick", action="store_true",
                         help="reduced sizes for CI (fewer molecules and steps; a few minutes on 2 cores)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 300, quick: 40)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 1200, quick: 60)")
     parser.add_argument("--xc", default="hf", help="labelling functional, or hf (default %(default)s; "
                         "b3lyp is QH9's recipe, ~5x slower)")
     parser.add_argument("--basis", default="def2-svp", help="basis (default %(default)s)")

@@ -20,6 +20,9 @@ def cmd_train(args) -> int:
     config = load_config(args.config, max_steps=args.max_steps,
                          device=args.device)
     summary = train(config, args.data, args.split, args.out, resume=args.resume, progress=not args.no_progress)
+    from . import distributed
+    if distributed.rank() != 0:
+        return 0
     print("train:")
     for key in ("steps", "best_val_mae_uEh", "best_step", "wall_s", "steps_per_s", "resumed_from",
                 "world_size", "best_checkpoint", "last_checkpoint", "log_csv", "learning_curve", "tensorboard"):

@@ -40,6 +40,10 @@ class TrainConfig:
     Hamiltonian entries of the global batch (QHNet's loss).
     ``lr_decay``: ``cosine`` or ``linear`` from ``lr`` (after ``warmup_steps``
     of linear warm-up) down to ``lr * lr_floor`` at ``max_steps``.
+    ``readout_init_scale``: multiply the model's final readout weights by this at the
+    start of a fresh run (None: keep the model's initialisation).  Small values start
+    the prediction near the fitted atomic reference instead of at random blocks of
+    ~0.3 Hartree, which trains several times faster on residual targets.
     ``ema_decay``: 0 disables the exponential moving average of the weights;
     otherwise validation and ``best.pt`` use the EMA weights.
     """
@@ -66,6 +70,7 @@ class TrainConfig:
     val_orbitals: bool = True
     val_max_molecules: Optional[int] = None
     atom_reference_molecules: int = 2000
+    readout_init_scale: Optional[float] = None
     device: str = "auto"  # auto | cpu | cuda
 
     # ------------------------------------------------------------------ validation
@@ -100,6 +105,10 @@ class TrainConfig:
             if int(self.checkpoint_every) < 1:
                 raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
             self.checkpoint_every = int(self.checkpoint_every)
+        if self.readout_init_scale is not None:
+            if not float(self.readout_init_scale) >= 0:
+                raise ValueError(f"readout_init_scale must be >= 0 or null, got {self.readout_init_scale!r}")
+            self.readout_init_scale = float(self.readout_init_scale)
         if self.val_max_molecules is not None:
             self.val_max_molecules = int(self.val_max_molecules)
         if not float(self.lr) > 0:

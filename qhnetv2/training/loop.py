@@ -52,6 +52,10 @@ def _build_model(config: TrainConfig, basis: str, elements, dtype: torch.dtype, 
 
     torch.manual_seed(config.seed)
     model = QHNetV2.from_preset(config.model["preset"], basis=basis, elements=elements, **config.model_overrides())
+    if config.readout_init_scale is not None:
+        with torch.no_grad():
+            for name in ("diag_readout", "pair_readout"):
+                getattr(model, name).weight.mul_(config.readout_init_scale)
     return model.to(device=device, dtype=dtype)
 
 
@@ -245,7 +249,7 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
         pred = net(b.atomic_numbers, b.positions, b.batch)
         err = pred - b.target
         abs_sum, sq_sum = err.abs().sum(), err.pow(2).sum()
-        stats = torch.tensor([float(w_mae * abs_sum + w_mse * sq_sum), float(abs_sum), err.numel()],
+        stats = torch.tensor([float(w_mae * abs_sum.detach() + w_mse * sq_sum.detach()), float(abs_sum.detach()), err.numel()],
                              dtype=torch.float64)
         ddp.all_reduce_sum(stats)
         loss = (w_mae * abs_sum + w_mse * sq_sum) * (world / stats[2].item())
