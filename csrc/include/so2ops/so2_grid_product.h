@@ -33,6 +33,14 @@
 
 #include "layout.h"
 
+// Full unrolling of the k loops matters on the GPU only (host compilers would
+// warn about an unknown pragma).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define SO2_GP_UNROLL _Pragma("unroll")
+#else
+#define SO2_GP_UNROLL
+#endif
+
 namespace so2ops {
 
 //: Largest body order nu (so2ops.ops.so2_tensor_product.MAX_BODY_ORDER).
@@ -92,7 +100,7 @@ SO2_HD void gp_forward(const T* spec, long long ks, long long ss, const T* coef,
       p[w] = Acc(1);
       g[w] = Acc(0);
     }
-#pragma unroll
+SO2_GP_UNROLL
     for (int k = 0; k < kGpMaxBodyOrder; ++k) {
       if (k < nu) {
         gp_eval<W, Acc, T>(b, S, spec + k * ks, ss, f);
@@ -135,7 +143,7 @@ SO2_HD void gp_backward(const T* grad, long long gs, const T* spec, long long ks
 
   // The coefficients of this node, once (read every grid point otherwise).
   Acc c[kGpMaxBodyOrder][W];
-#pragma unroll
+SO2_GP_UNROLL
   for (int k = 0; k < kGpMaxBodyOrder; ++k)
     if (k < nu)
       for (int w = 0; w < W; ++w) c[k][w] = Acc(coef[k * cks + w]);
@@ -152,7 +160,7 @@ SO2_HD void gp_backward(const T* grad, long long gs, const T* spec, long long ks
     }
     // recompute f_k and the running products p_k at theta_j
     Acc f[kGpMaxBodyOrder][W], p[kGpMaxBodyOrder][W];
-#pragma unroll
+SO2_GP_UNROLL
     for (int k = 0; k < kGpMaxBodyOrder; ++k) {
       if (k < nu) {
         gp_eval<W, Acc, T>(b, S, spec + k * ks, ss, f[k]);
@@ -160,7 +168,7 @@ SO2_HD void gp_backward(const T* grad, long long gs, const T* spec, long long ks
       }
     }
     if (gcoef) {
-#pragma unroll
+SO2_GP_UNROLL
       for (int k = 0; k < kGpMaxBodyOrder; ++k)
         if (k < nu)
           for (int w = 0; w < W; ++w) gcoef[k * gcks + w] += gg[w] * p[k][w];
@@ -168,7 +176,7 @@ SO2_HD void gp_backward(const T* grad, long long gs, const T* spec, long long ks
     if (gspec) {
       Acc q[W];
       for (int w = 0; w < W; ++w) q[w] = Acc(0);
-#pragma unroll
+SO2_GP_UNROLL
       for (int kk = kGpMaxBodyOrder - 1; kk >= 0; --kk) {
         if (kk < nu) {
           // clamped indices: the unrolled code must not name f[kMax] or p[-1],
