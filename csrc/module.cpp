@@ -32,6 +32,20 @@ TORCH_LIBRARY(so2ops_C, m) {
       "so2_message_backward(Tensor grad, Tensor x, Tensor wigner, Tensor edge_index, Tensor weight, "
       "Tensor? modulation, int lmax, int mmax, int out_channels, bool deterministic, bool need_x, "
       "bool need_wigner, bool need_weight, bool need_mod) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("so2_grid_product_forward(Tensor spectral, Tensor coeffs, int mmax, int grid) -> Tensor");
+  m.def(
+      "so2_grid_product_backward(Tensor grad, Tensor spectral, Tensor coeffs, int mmax, int grid, "
+      "bool need_spectral, bool need_coeffs) -> (Tensor, Tensor)");
+  m.def(
+      "assemble_blocks_forward(Tensor features, Tensor wigner, Tensor item_atoms, Tensor item_type, "
+      "Tensor invariant, Tensor atom_ao, Tensor atom_mol, Tensor mol_offset, Tensor mol_nao, Tensor sp_start, "
+      "Tensor sp_info, Tensor entry_src, Tensor entry_coef, Tensor inv_src, Tensor basis_change, int lmax_shell, "
+      "int total) -> Tensor");
+  m.def(
+      "assemble_blocks_backward(Tensor grad, Tensor features, Tensor wigner, Tensor item_atoms, Tensor item_type, "
+      "Tensor invariant, Tensor atom_ao, Tensor atom_mol, Tensor mol_offset, Tensor mol_nao, Tensor sp_start, "
+      "Tensor sp_info, Tensor entry_src, Tensor entry_coef, Tensor inv_src, Tensor basis_change, int lmax_shell, "
+      "int total, bool need_features, bool need_wigner) -> (Tensor, Tensor)");
 }
 
 #ifdef TORCH_EXTENSION_NAME
