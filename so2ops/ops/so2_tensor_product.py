@@ -60,7 +60,12 @@ def _so2_tensor_product_backward(
         xl = x.detach().requires_grad_(need_x)
         wil = w_in.detach().requires_grad_(need_w_in)
         s = to_spectral(xl, wil, lmax, mmax, hidden)
-        q = impl.forward(s.detach().contiguous(), coeffs.contiguous(), mmax, grid).requires_grad_(True)
+        # from_spectral is linear in q: its value only matters for the w_out gradient
+        if need_w_out:
+            q = impl.forward(s.detach().contiguous(), coeffs.contiguous(), mmax, grid)
+        else:
+            q = s.new_zeros(s.shape[0], s.shape[2], hidden)
+        q.requires_grad_(True)
         wol = w_out.detach().requires_grad_(need_w_out)
         out = from_spectral(q, wol, lmax, mmax, out_channels)
         wrt = [q] + ([wol] if need_w_out else [])
