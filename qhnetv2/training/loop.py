@@ -80,9 +80,13 @@ def _fit_reference(model, dataset, limit: int) -> None:
     model.fit_atom_reference(molecules())
 
 
+def _discard(records) -> None:
+    return None
+
+
 def _precompute_bases(dataset, num_workers: int, progress: bool) -> None:
     """Fill the base-Hamiltonian cache (rank 0), in DataLoader workers when ``num_workers`` > 0."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=lambda r: None)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=_discard)
     it = loader
     if progress:
         from tqdm import tqdm
