@@ -29,8 +29,8 @@ import time
 from typing import Any, Dict, List, Optional
 
 #: sizes of the full and the quick demo
-FULL = {"water": 30, "ethanol": 24, "test_water": 3, "test_ethanol": 3, "valid_water": 1, "valid_ethanol": 1,
-        "steps": 1200}
+FULL = {"water": 120, "ethanol": 100, "test_water": 3, "test_ethanol": 3, "valid_water": 3, "valid_ethanol": 3,
+        "steps": 3000}
 QUICK = {"water": 10, "ethanol": 4, "test_water": 2, "test_ethanol": 1, "valid_water": 1, "valid_ethanol": 1,
          "steps": 60}
 
@@ -228,7 +228,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="run folder (default %(default)s); reruns reuse its labels and training")
     parser.add_argument("--quick", action="store_true",
                         help="reduced sizes for CI (fewer molecules and steps; a few minutes on 2 cores)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 1200, quick: 60)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 3000, quick: 60)")
     parser.add_argument("--xc", default="hf", help="labelling functional, or hf (default %(default)s; "
                         "b3lyp is QH9's recipe, ~5x slower)")
     parser.add_argument("--basis", default="def2-svp", help="basis (default %(default)s)")
