@@ -128,6 +128,7 @@ def register(entry: Entry) -> Entry:
 def entries() -> Dict[str, Entry]:
     """All registered entries, in registration order."""
     from . import ops  # noqa: F401  (registers the op entries)
+    from . import models  # noqa: F401  (registers the model entries)
 
     return dict(_REGISTRY)
 

@@ -342,6 +342,14 @@ def evaluate_targets(rows: List[Dict], device: torch.device) -> List[Dict]:
                 out.append({"entry": entry, "impl": b, "metric": name, "goal": goal, "cmp": cmp, "value": value,
                             "met": met, "binding": entry == "so2_message", "shape": row["shape"] if row else None,
                             "note": why or ""})
+    # entries with their own goals (the model entries: whole-model time and speedup)
+    from .registry import entries as _entries
+
+    reg = _entries()
+    for name in dict.fromkeys(r["entry"] for r in rows):
+        entry_obj = reg.get(name)
+        if entry_obj is not None and hasattr(entry_obj, "targets"):
+            out += entry_obj.targets(rows, device)
     return out
 
 

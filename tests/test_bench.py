@@ -449,3 +449,97 @@ def test_resume_refuses_other_options(tmp_path, monkeypatch, capsys):
     with pytest.raises(_Interrupt):
         _bench_main(monkeypatch, tmp_path, fail_at=0)
     assert "will be overwritten" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ model entries (python -m bench models)
+@pytest.fixture(scope="module")
+def quick_models_run(tmp_path_factory):
+    """``python -m bench models --quick --device cpu``: the qh9 model on water (CI-sized)."""
+    out = tmp_path_factory.mktemp("bench_models")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("SO2OPS_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-m", "bench", "models", "--quick", "--device", "cpu", "--out", str(out),
+                           "--no-plots"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"bench models failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    js = [p for p in proc.stdout.split() if p.endswith(".json")]
+    assert len(js) == 1, proc.stdout
+    with open(js[0]) as f:
+        return json.load(f)
+
+
+def test_quick_models_run_is_complete_and_correct(quick_models_run):
+    from bench.models.qhnetv2_model import MODEL_OPS
+
+    doc = quick_models_run
+    validate(doc)
+    rows = [r for r in doc["rows"] if r["entry"] == "qhnetv2"]
+    assert rows and all(r["kind"] == "model" for r in rows)
+    assert {r["shape"]["system"] for r in rows} == {"water"}
+    for impl in ("reference", "fused"):
+        got = {r["mode"]: r for r in rows if r["impl"] == impl and r["status"] == "ok"}
+        assert set(got) == {"fwd", "fwdbwd"}, impl
+        assert got["fwdbwd"]["peak_mem_bytes"] and got["fwdbwd"]["peak_mem_bytes"] > 0, impl
+    fused = [r for r in rows if r["impl"] == "fused" and r["status"] == "ok"]
+    # H and every parameter gradient were checked against the reference before timing
+    assert all(r["check"]["status"] == "pass" and r["check"]["max_rel_err"] is not None for r in fused)
+    assert all("reference" in r["speedup"] for r in fused)
+    # the fused row says which backend each op ran on
+    assert all(f"{op}=" in fused[0]["note"] for op in MODEL_OPS), fused[0]["note"]
+    # a forced backend lacking an op is listed as skipped with the missing ops, never silently run
+    for r in rows:
+        if r["impl"] not in ("reference", "fused"):
+            assert r["status"] in ("ok", "skipped"), r
+    assert any(t["entry"] == "qhnetv2" for t in doc["targets"])
+
+
+def test_model_entry_is_registered_and_geometries_are_sane():
+    from bench.models import molecules as mols
+    from bench.models import qhnetv2_model as QM
+    from bench.registry import select_entries
+
+    assert "qhnetv2" in [e.name for e in select_entries(["models"])]
+    assert "qhnetv2" not in [e.name for e in select_entries(["ops"])]
+    counts = {"water": 3, "ethanol": 9, "uracil": 12, "nonane": 29}
+    for name, n in counts.items():
+        z, pos, batch = mols.system(name)
+        assert z.numel() == n and pos.shape == (n, 3)
+        assert 0.9 < mols.min_distance(pos, batch) < 1.6, name  # bond lengths in Angstrom
+        assert z.sum() % 2 == 0  # closed shell
+    z, pos, batch = mols.system("qm9x32")
+    assert z.numel() == 32 * 29 and int(batch.max()) == 31 and mols.min_distance(pos, batch) > 0.9
+    # the same elements' shells as the op benchmarks' hard-coded def2-SVP
+    for zz, ls in AB.DEF2_SVP.items():
+        assert QM.DEF2_SVP[zz] == ls
+    used = QM.backends_used(CPU)
+    assert set(used) == set(QM.MODEL_OPS) and all(b in so2ops.dispatch.BACKENDS for b in used.values()), used
+
+
+def test_profile_model_parts_cover_the_step(tmp_path):
+    from bench import profile_model
+
+    rc = profile_model.main(["--preset", "tiny", "--molecule", "water", "--reps", "1", "--out", str(tmp_path),
+                             "--name", "p"])
+    assert rc == 0
+    files = list(tmp_path.rglob("p.json"))
+    assert len(files) == 1 and files[0].with_suffix(".md").exists()
+    doc = json.loads(files[0].read_text())
+    for mode in ("fwd", "fwdbwd"):
+        r = doc["modes"][mode]
+        parts = {p["part"]: p for p in r["parts"]}
+        for op in ("so2_message", "so2_linear", "rotate", "so2_tensor_product", "assemble_blocks"):
+            assert parts["so2ops::" + op]["forward_ms"] > 0, (mode, op)
+        assert "LayerNorm" in parts and "Gate" in parts and "radial MLP" in parts
+        assert abs(sum(p["pct"] for p in r["parts"]) - 100.0) < 1e-6
+    bwd = {p["part"] for p in doc["modes"]["fwdbwd"]["parts"] if p["backward_ms"] > 0}
+    assert {"so2ops::so2_message_backward", "so2ops::so2_linear_backward"} <= bwd
+    assert doc["load"]["start"] is not None and set(doc["ops_ran_on"]) >= {"so2_message", "assemble_blocks"}
+
+
+def test_model_bench_def2_svp_matches_pyscf():
+    """The model bench's hard-coded def2-SVP (H, C, N, O, F) is PySCF's."""
+    pytest.importorskip("pyscf")
+    from bench.models import qhnetv2_model as QM
+    from qhnetv2.data.basis import element_shells
+
+    for z, ls in QM.DEF2_SVP.items():
+        assert tuple(l for l, _ in element_shells("def2-svp", z)) == ls
