@@ -33,23 +33,33 @@ def to_spectral(x: torch.Tensor, w_in: torch.Tensor, lmax: int, mmax: int, hidde
 
     Row ``mmax + m`` holds the ``cos(m theta)`` coefficient, row ``mmax - m`` the
     ``sin(m theta)`` one; per ``m > 0`` the pair is mixed by ``W1 + i W2``
-    exactly as ``so2_linear`` mixes ``(x_{+m}, x_{-m})``.
+    exactly as ``so2_linear`` mixes ``(x_{+m}, x_{-m})``.  The ``nu`` factors share
+    one GEMM per block (their weights stacked along the output rows).
     """
     n, _, c = x.shape
     nu = w_in.shape[0]
-    out = x.new_zeros(n, nu, spectral_size(mmax), hidden)
-    for k in range(nu):
-        blocks = {(m, kind): (o, r, cc) for m, kind, o, r, cc in tp_in_blocks(lmax, mmax, c, hidden)}
-        w = lambda m, kind: _block(w_in[k], *blocks[(m, kind)])  # noqa: E731
-        x0 = x[:, _rows(lmax, 0), :].reshape(n, (lmax + 1) * c)  # not -1: N may be 0
-        out[:, k, mmax, :] = x0 @ w(0, "w0").T
-        for m in range(1, mmax + 1):
-            xp = x[:, _rows(lmax, m), :].reshape(n, (lmax - m + 1) * c)
-            xn = x[:, _rows(lmax, -m), :].reshape(n, (lmax - m + 1) * c)
-            w1, w2 = w(m, "w1"), w(m, "w2")
-            out[:, k, mmax + m, :] = xp @ w1.T - xn @ w2.T
-            out[:, k, mmax - m, :] = xp @ w2.T + xn @ w1.T
-    return out
+    blocks = {(m, kind): (o, r, cc) for m, kind, o, r, cc in tp_in_blocks(lmax, mmax, c, hidden)}
+
+    def w(m, kind):  # [nu * hidden, cols]: factor k's rows are k*hidden .. (k+1)*hidden
+        o, r, cc = blocks[(m, kind)]
+        return w_in[:, o : o + r * cc].reshape(nu * r, cc)
+
+    def spread(y):  # [N, nu*hidden] -> [N, nu, hidden]
+        return y.view(n, nu, hidden)
+
+    def gather(m):  # rows (l, m), l = |m|..lmax, as [N, L*C] (explicit size: N may be 0)
+        rows = _rows(lmax, m)
+        return x[:, rows, :].reshape(n, len(rows) * c)
+
+    cols = [spread(gather(0) @ w(0, "w0").T)]
+    pos, neg = [], []
+    for m in range(1, mmax + 1):
+        xp, xn = gather(m), gather(-m)
+        w1, w2 = w(m, "w1"), w(m, "w2")
+        pos.append(spread(xp @ w1.T - xn @ w2.T))
+        neg.append(spread(xp @ w2.T + xn @ w1.T))
+    # rows m = -mmax..mmax
+    return torch.stack(neg[::-1] + cols + pos, dim=2)
 
 
 def grid_basis(mmax: int, grid: int, dtype, device) -> torch.Tensor:
