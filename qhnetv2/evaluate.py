@@ -138,18 +138,10 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
         "n_molecules", "basis", "target", "dataset", "checkpoint", "scf": {...} or None}``.
     """
     from .data.store import HamiltonianReader
-    from .inference import load_model, predict_hamiltonians, resolve_device, target_of
+    from .inference import model_and_extra, predict_hamiltonians, target_of
     from .metrics import hamiltonian_metrics, to_micro_hartree
 
-    checkpoint = None
-    if isinstance(model_or_ckpt, str):
-        checkpoint = model_or_ckpt
-        model, extra = load_model(model_or_ckpt, device=device or "auto")
-    else:
-        model = model_or_ckpt
-        if device is not None:
-            model.to(resolve_device(device))
-        extra = dict(extra or {})
+    model, extra, checkpoint = model_and_extra(model_or_ckpt, device, extra)
     target = target_of(extra)
     if scf < 0:
         raise ValueError(f"scf must be >= 0, got {scf}")

@@ -66,6 +66,17 @@ def load_model(checkpoint: str, device: Optional[str] = None) -> Tuple[Any, Dict
     return model, extra
 
 
+def model_and_extra(model_or_ckpt, device: Optional[str] = None,
+                    extra: Optional[Dict[str, Any]] = None) -> Tuple[Any, Dict[str, Any], Optional[str]]:
+    """``(model, extra, checkpoint path or None)`` from a checkpoint path or a model (+ its ``extra``)."""
+    if isinstance(model_or_ckpt, str):
+        model, extra = load_model(model_or_ckpt, device=device or "auto")
+        return model, extra, model_or_ckpt
+    if device is not None:
+        model_or_ckpt.to(resolve_device(device))
+    return model_or_ckpt, dict(extra or {}), None
+
+
 def resolve_device(device: Optional[str]):
     """``torch.device`` for a ``--device`` value (None/"auto": cuda if available, else cpu)."""
     import torch

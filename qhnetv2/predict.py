@@ -120,7 +120,7 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
     ``out``.
     """
     from .data.geometries import embed_smiles, read_geometries
-    from .inference import load_model, predict_hamiltonians, resolve_device, target_of
+    from .inference import model_and_extra, predict_hamiltonians, target_of
 
     if isinstance(geometries, str):
         geometries = [geometries]
@@ -137,15 +137,7 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
     if dup:
         raise ValueError(f"two input files give the same molecule ids (e.g. {dup[0]!r}): give files distinct names")
 
-    checkpoint = None
-    if isinstance(model_or_ckpt, str):
-        checkpoint = model_or_ckpt
-        model, extra = load_model(model_or_ckpt, device=device or "auto")
-    else:
-        model = model_or_ckpt
-        if device is not None:
-            model.to(resolve_device(device))
-        extra = dict(extra or {})
+    model, extra, checkpoint = model_and_extra(model_or_ckpt, device, extra)
     target = target_of(extra)
     basis = model.config.basis
 
