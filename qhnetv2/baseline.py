@@ -18,6 +18,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .atomic import atomic_file
+
 TARGETS = ("full", "core", "minao")
 
 
@@ -62,7 +64,6 @@ class BaseCache:
         if os.path.exists(path):
             return np.load(path)
         h = base_hamiltonian(atomic_numbers, positions, self.kind, self.settings)
-        tmp = f"{path}.tmp{os.getpid()}.npy"
-        np.save(tmp, h)
-        os.replace(tmp, path)
+        with atomic_file(path) as f:
+            np.save(f, h)
         return h

@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .atomic import atomic_file
 
 HARTREE_TO_EV = 27.211386245988
 
@@ -95,19 +95,8 @@ def orbital_summary(H: np.ndarray, S: np.ndarray, n_electrons: int) -> Dict[str,
 
 def write_npz_atomic(path: str, arrays: Dict[str, np.ndarray]) -> None:
     """``np.savez`` to a temporary file in the same directory, fsync, rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
 
 
 def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: Optional[str] = None,

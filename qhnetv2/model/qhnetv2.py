@@ -14,6 +14,7 @@ from so2ops import BasisLayout, HamiltonianIndex
 from so2ops.block_tables import block_tables
 from so2ops.layout import num_coeffs
 
+from ..atomic import atomic_file
 from .config import ModelConfig, preset
 from .graph import build_graph
 from .layers import MessageBlock, NodeBlock, PairBlock
@@ -282,14 +283,8 @@ class QHNetV2(nn.Module):
 
 def save_atomic(obj, path: str) -> None:
     """``torch.save`` to ``path`` atomically: never a half-written checkpoint."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict:

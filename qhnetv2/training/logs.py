@@ -12,6 +12,8 @@ import os
 import warnings
 from typing import Dict, Optional
 
+from ..atomic import atomic_file
+
 COLUMNS = ("step", "epoch", "lr", "loss", "train_mae_uEh", "grad_norm", "steps_per_s", "wall_s",
            "val_mae_uEh", "val_diag_mae_uEh", "val_offdiag_mae_uEh", "val_orbital_energy_mae_uEh",
            "val_coef_similarity_percent")
@@ -107,8 +109,7 @@ def plot_learning_curve(csv_path: str, png_path: str) -> Optional[str]:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(png_path) as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, png_path)
     return png_path

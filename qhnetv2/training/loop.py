@@ -13,16 +13,15 @@ if installed), ``learning_curve.png``, ``config.yaml``, ``base_cache/``
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from functools import partial
 from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_file
 from . import distributed as ddp
 from .checkpoint import BEST, LAST, checkpoint_dir, load_training_checkpoint, rng_state, save_training_checkpoint, set_rng_state
 from .collate import collate
@@ -62,10 +61,8 @@ def _build_model(config: TrainConfig, basis: str, elements, dtype: torch.dtype, 
 def _write_yaml(path: str, data: Dict[str, Any]) -> None:
     import yaml
 
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def _fit_reference(model, dataset, limit: int) -> None:
