@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import so2ops
-from so2ops.layout import num_coeffs, num_mod
+from so2ops.layout import num_mod
 from so2ops.nn import Gate, SO2LayerNorm, SO2Linear, SO2TensorProduct, init_so2_weight
 
 
@@ -63,10 +63,8 @@ class NodeBlock(nn.Module):
         h = so2ops.rotate(self.norm(x), wigner, self.lmax)
         y = self.gate(self.tp(h, attrs))
         y = so2ops.rotate(y, wigner, self.lmax, inverse=True)
-        keep = torch.ones(num_coeffs(self.lmax), dtype=y.dtype, device=y.device)
-        mask = torch.where(has_frame[:, None], keep[None, :], torch.nn.functional.one_hot(
-            torch.zeros(1, dtype=torch.long, device=y.device), num_coeffs(self.lmax)).to(y.dtype))
-        return y * mask[:, :, None]
+        # frameless atoms keep the degree-0 row only
+        return torch.cat([y[:, :1], y[:, 1:] * has_frame[:, None, None].to(y.dtype)], dim=1)
 
 
 class PairBlock(nn.Module):
