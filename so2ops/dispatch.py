@@ -13,6 +13,11 @@ Selection, first match wins: ``use_backend(name)`` (a context manager), the
 the device (``cuda`` > ``triton`` > ``reference`` on GPU, ``cpu`` >
 ``reference`` on CPU).  A forced backend that cannot run on the inputs' device
 raises instead of silently falling back.
+
+If the compiled extension ``so2ops._C`` is missing or fails to import, the
+``cpu`` and ``cuda`` backends are unavailable: so2ops then warns once (a
+``RuntimeWarning`` quoting the ``ImportError``) and the automatic choice uses
+``reference`` / ``triton``.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import contextlib
 import contextvars
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
@@ -49,11 +55,38 @@ def register_impl(op: str, backend: str, forward: Callable, backward: Callable) 
 
 
 # ---------------------------------------------------------------- availability
+_EXT_UNSET = object()
+_ext = _EXT_UNSET
+_ext_warned = False
+
+
 def _extension():
+    """The compiled ``so2ops._C`` module, or None (with a one-time ``RuntimeWarning``) if it does not import."""
+    global _ext, _ext_warned
+    if _ext is not _EXT_UNSET:
+        return _ext
     try:
-        return importlib.import_module("so2ops._C")
-    except ImportError:
-        return None
+        _ext = importlib.import_module("so2ops._C")
+    except ImportError as err:
+        _ext = None
+        if not _ext_warned:
+            _ext_warned = True
+            warnings.warn(
+                f"so2ops: the compiled extension so2ops._C could not be imported ({type(err).__name__}: {err}); "
+                "the 'cpu' and 'cuda' backends are unavailable and ops run on 'reference' (CPU) or "
+                "'triton'/'reference' (GPU), which are much slower. Rebuild the package (pip install -e .) "
+                "to get the compiled kernels.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _ext
+
+
+def _reset_extension_state() -> None:
+    """Forget the cached import result and the warning (tests only)."""
+    global _ext, _ext_warned
+    _ext = _EXT_UNSET
+    _ext_warned = False
 
 
 def _cxx_has(device_kind: str) -> bool:

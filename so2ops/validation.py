@@ -2,13 +2,26 @@
 
 Metadata checks (shape, dtype, device) run in the Python wrappers, so they
 also run under ``torch.compile``; value checks (NaN, zero length, index range)
-need the data and run in the eager implementation of each custom op.  Set
-``SO2OPS_CHECK_VALUES=0`` to skip the value checks (they synchronise the GPU).
+need the data and run in the eager implementation of each custom op.
+
+Value checks read data on the host, so on a GPU each one is a device
+synchronisation (and CUDA-graph capture fails on one).  Whether they run
+(first match wins, docs/conventions.md "Value checks and CUDA graphs"):
+
+1. never while ``torch.compile`` traces (``torch.compiler.is_compiling()``) or
+   while the current CUDA stream is being captured into a CUDA graph;
+2. the innermost ``value_checks(flag)`` context manager;
+3. ``set_value_checks(flag)`` (``None`` restores the default);
+4. the ``SO2OPS_CHECK_VALUES`` environment variable (``0``: off, ``1``: on, on
+   every device);
+5. the default: on for CPU tensors, off for GPU tensors.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -18,8 +31,54 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 GPU_EXTRA_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def check_values_enabled() -> bool:
-    return os.environ.get("SO2OPS_CHECK_VALUES", "1") != "0"
+_UNSET = object()
+_scoped: contextvars.ContextVar = contextvars.ContextVar("so2ops_value_checks", default=_UNSET)
+_global: Optional[bool] = None
+
+
+def set_value_checks(enabled: Optional[bool]) -> None:
+    """Switch the value checks on (``True``) or off (``False``) on every device;
+    ``None`` restores the default (``SO2OPS_CHECK_VALUES``, else on for CPU, off for GPU)."""
+    global _global
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"set_value_checks expects True, False or None, got {enabled!r}")
+    _global = enabled
+
+
+@contextlib.contextmanager
+def value_checks(enabled: Optional[bool] = True):
+    """Context manager: value checks on (``True``), off (``False``) or default (``None``) inside the block."""
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"value_checks expects True, False or None, got {enabled!r}")
+    token = _scoped.set(enabled)
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+
+
+def _capturing(device) -> bool:
+    if device is None:
+        return torch.cuda.is_available() and torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+    return torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def check_values_enabled(device: Union[torch.device, str, None] = None) -> bool:
+    """Whether value checks run for tensors on ``device`` (see the module docstring).
+
+    ``device=None`` means "a CPU tensor" for the default.
+    """
+    if torch.compiler.is_compiling() or _capturing(device):
+        return False
+    flag = _scoped.get()
+    if flag is _UNSET or flag is None:
+        flag = _global
+    if flag is None:
+        env = os.environ.get("SO2OPS_CHECK_VALUES")
+        if env is not None and env != "":
+            return env != "0"
+        return device is None or torch.device(device).type == "cpu"
+    return flag
 
 
 def check_int(name: str, value, low: int, high: int) -> None:
@@ -59,29 +118,32 @@ def check_index(name: str, t: torch.Tensor, shape: Sequence[Optional[int]], devi
 
 def check_index_range(name: str, t: torch.Tensor, size: int) -> None:
     """Data check: every entry of ``t`` in ``[0, size)``."""
-    if t.numel() == 0 or not check_values_enabled():
+    if t.numel() == 0 or not check_values_enabled(t.device):
         return
-    lo, hi = int(t.min()), int(t.max())
+    lo, hi = torch.aminmax(t)
+    lo, hi = torch.stack([lo, hi]).tolist()  # one host synchronisation
     if lo < 0 or hi >= size:
         raise IndexError(f"{name} has entries in [{lo}, {hi}] but must lie in [0, {size})")
 
 
 def check_edge_vec_values(edge_vec: torch.Tensor) -> None:
     """Data check: finite, nonzero edge vectors."""
-    if edge_vec.numel() == 0 or not check_values_enabled():
+    if edge_vec.numel() == 0 or not check_values_enabled(edge_vec.device):
         return
-    if not bool(torch.isfinite(edge_vec).all()):
-        bad = torch.nonzero(~torch.isfinite(edge_vec).all(dim=1))[0].item()
+    finite = torch.isfinite(edge_vec).all(dim=1)
+    nonzero = edge_vec.norm(dim=1) > 0
+    if bool((finite & nonzero).all()):  # one host synchronisation when the input is good
+        return
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite)[0].item()
         raise ValueError(f"edge_vec has non-finite (NaN/inf) entries, first at edge {bad}")
-    norm = edge_vec.norm(dim=1)
-    if not bool((norm > 0).all()):
-        bad = torch.nonzero(norm == 0)[0].item()
-        raise ValueError(f"edge_vec has zero-length edges (e.g. edge {bad}); remove self-loops first")
+    bad = torch.nonzero(~nonzero)[0].item()
+    raise ValueError(f"edge_vec has zero-length edges (e.g. edge {bad}); remove self-loops first")
 
 
 def check_finite_values(name: str, t: torch.Tensor) -> None:
     """Data check: no NaN / inf entries in ``t``."""
-    if t.numel() == 0 or not check_values_enabled():
+    if t.numel() == 0 or not check_values_enabled(t.device):
         return
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} has non-finite (NaN/inf) entries")

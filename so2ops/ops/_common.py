@@ -29,12 +29,14 @@ def autograd_enabled():
 
 
 def extension_loaded() -> bool:
-    """True when the compiled ``so2ops._C`` extension imports (and registered its ops)."""
-    try:
-        import so2ops._C  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """True when the compiled ``so2ops._C`` extension imports (and registered its ops).
+
+    A failed import is not silent: ``so2ops.dispatch._extension`` warns once,
+    quoting the ``ImportError``.
+    """
+    from ..dispatch import _extension
+
+    return _extension() is not None
 
 
 def autograd_backward(
@@ -88,3 +90,45 @@ def distinct_outputs(outs, needs, like: torch.Tensor) -> tuple:
     that share one empty placeholder between outputs would trip that check.
     """
     return tuple(o if n else like.new_empty(0) for o, n in zip(outs, needs))
+
+
+# ------------------------------------------------------------------ autocast
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def autocast_inputs(device: torch.device, *tensors):
+    """Inputs of an op called inside ``torch.autocast`` for ``device``'s type.
+
+    so2ops ops are "fp32-list" ops (docs/conventions.md "Mixed precision"):
+    under autocast every floating input is brought to one dtype, float64 if
+    any input is float64, else float32; outside autocast nothing changes.
+    Returns the tensors (``None`` and non-floating entries unchanged).
+    """
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
+        return tensors
+    floats = [t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    target = torch.float64 if any(t.dtype == torch.float64 for t in floats) else torch.float32
+    return tuple(
+        t.to(target) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != target else t
+        for t in tensors
+    )
+
+
+def register_fp32_autocast(op) -> None:
+    """Autocast rule of a custom op called directly (``torch.ops.so2ops.*``): half inputs run in float32.
+
+    The public wrappers already cast with ``autocast_inputs`` (which also
+    promotes mixed float32/float64); this covers direct calls of the op.
+    """
+    for kind in ("cpu", "cuda"):
+        try:
+            torch.library.register_autocast(op, kind, torch.float32)
+        except (ValueError, RuntimeError):  # a build without that autocast backend
+            pass
+
+
+# ------------------------------------------------------------------ determinism
+def want_deterministic(flag: bool = False) -> bool:
+    """``flag`` or ``torch.use_deterministic_algorithms(True)`` in effect."""
+    return bool(flag) or torch.are_deterministic_algorithms_enabled()

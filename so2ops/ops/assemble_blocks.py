@@ -19,7 +19,8 @@ from ..block_tables import BlockTables, block_channels, block_tables, check_bloc
 from ..dispatch import current_backend, register_impl, select, use_backend
 from ..layout import wigner_size
 from ..validation import check_finite_values, check_float, check_index, check_tensor, check_values_enabled
-from ._common import autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty
+from ._common import (autocast_inputs, autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty,
+                      register_fp32_autocast)
 
 
 @dataclass
@@ -134,6 +135,8 @@ def _backward(ctx, grad):
 
 
 _assemble_blocks.register_autograd(_backward, setup_context=_setup)
+register_fp32_autocast(_assemble_blocks)
+register_fp32_autocast(_assemble_blocks_backward)  # a backward run inside the autocast block
 
 
 def _feature_lmax(features: torch.Tensor) -> int:
@@ -174,8 +177,16 @@ def assemble_blocks(
         index: a prebuilt ``HamiltonianIndex`` of ``(atomic_numbers, batch)`` to reuse.
     Returns:
         ``[index.total]`` flat buffer of the molecules' ``n_ao x n_ao`` Hamiltonians
-        (``HamiltonianIndex.build(layout, atomic_numbers, batch).unpack(H)``).
+        (``HamiltonianIndex.build(layout, atomic_numbers, batch).unpack(H)``); float32
+        under ``torch.autocast``.
+
+    Host synchronisation: building the ``HamiltonianIndex`` reads ``atomic_numbers``
+    and ``batch`` on the host (once per batch: pass ``index`` to reuse it, e.g. inside a
+    CUDA graph or ``torch.compile``); the value checks of ``items`` (on by default on
+    CPU only, docs/conventions.md) read it too.  Nothing else syncs in this wrapper.
     """
+    if isinstance(features, torch.Tensor):
+        features, wigner = autocast_inputs(features.device, features, wigner)
     lmax = _feature_lmax(features)
     check_block_lmax(layout, lmax)
     check_float("features", features)
@@ -201,8 +212,8 @@ def assemble_blocks(
         invariant = torch.zeros(n_items, dtype=torch.bool, device=device)
     check_tensor("invariant", invariant, (n_items,), device=device)
     tables = block_tables(layout, lmax, c, features.dtype, device)
-    # value checks read data on the host: skipped while compiling (and with SO2OPS_CHECK_VALUES=0)
-    checking = check_values_enabled() and not torch.compiler.is_compiling()
+    # value checks read data on the host: skipped while compiling / capturing, off by default on GPU
+    checking = check_values_enabled(device)
     if n_items and checking:
         lo, hi = int(items.min()), int(items.max())
         if lo < 0 or hi >= n_atoms:

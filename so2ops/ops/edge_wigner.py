@@ -8,7 +8,7 @@ from ..dispatch import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, wigner_size
 from ..validation import check_edge_vec_values, check_float, check_int, check_tensor
 from ..wigner_tables import wigner_tables
-from ._common import autograd_backward, extension_loaded
+from ._common import autocast_inputs, autograd_backward, extension_loaded, register_fp32_autocast
 
 
 @torch.library.custom_op("so2ops::edge_wigner", mutates_args=())
@@ -47,6 +47,8 @@ def _backward(ctx, grad):
 
 
 _edge_wigner.register_autograd(_backward, setup_context=_setup)
+register_fp32_autocast(_edge_wigner)
+register_fp32_autocast(_edge_wigner_backward)  # a backward run inside the autocast block
 
 
 def edge_wigner(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
@@ -58,8 +60,11 @@ def edge_wigner(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
     Returns:
         ``[E, wigner_size(lmax)]``: per degree the block ``D^l(R_e)`` row-major,
         ``R_e`` the edge frame (``R_e u_e = +y``); differentiable in ``edge_vec``.
+        Under ``torch.autocast`` always float32 (float64 for float64 input).
     """
     check_int("lmax", lmax, 0, LMAX_SUPPORTED)
+    if isinstance(edge_vec, torch.Tensor):
+        (edge_vec,) = autocast_inputs(edge_vec.device, edge_vec)
     check_tensor("edge_vec", edge_vec, (None, 3))
     check_float("edge_vec", edge_vec)
     return _edge_wigner(edge_vec.contiguous(), lmax)

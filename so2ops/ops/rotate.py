@@ -9,7 +9,8 @@ from .. import reference
 from ..dispatch import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, num_coeffs, wigner_size
 from ..validation import check_float, check_index, check_index_range, check_int, check_tensor
-from ._common import autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty
+from ._common import (autocast_inputs, autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty,
+                      register_fp32_autocast)
 
 
 @torch.library.custom_op("so2ops::rotate", mutates_args=())
@@ -63,6 +64,8 @@ def _backward(ctx, grad):
 
 
 _rotate.register_autograd(_backward, setup_context=_setup)
+register_fp32_autocast(_rotate)
+register_fp32_autocast(_rotate_backward)  # a backward run inside the autocast block
 
 
 def rotate(
@@ -84,9 +87,11 @@ def rotate(
         index: optional ``[E]`` int64 rows of ``x`` to gather (fused).
         inverse: apply the transposed blocks (edge frame -> global frame).
     Returns:
-        ``[E, (lmax+1)**2, C]``.
+        ``[E, (lmax+1)**2, C]`` (float32 under ``torch.autocast``).
     """
     check_int("lmax", lmax, 0, LMAX_SUPPORTED)
+    if isinstance(x, torch.Tensor):
+        x, wigner = autocast_inputs(x.device, x, wigner)
     check_tensor("x", x, (None, num_coeffs(lmax), None))
     check_float("x", x)
     check_tensor("wigner", wigner, (None, wigner_size(lmax)), dtype=x.dtype, device=x.device)

@@ -9,7 +9,8 @@ from .. import reference
 from ..dispatch import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, num_coeffs, num_mod, weight_size
 from ..validation import check_float, check_int, check_tensor
-from ._common import autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty
+from ._common import (autocast_inputs, autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty,
+                      register_fp32_autocast)
 
 
 @torch.library.custom_op("so2ops::so2_linear", mutates_args=())
@@ -66,6 +67,8 @@ def _backward(ctx, grad):
 
 
 _so2_linear.register_autograd(_backward, setup_context=_setup)
+register_fp32_autocast(_so2_linear)
+register_fp32_autocast(_so2_linear_backward)  # a backward run inside the autocast block
 
 
 def check_so2_args(lmax, mmax, in_channels, out_channels, weight, modulation, num_edges, like):
@@ -97,9 +100,11 @@ def so2_linear(
         out_channels: ``C_out``.
         modulation: optional ``[E, num_mod(lmax, mmax), C_in]`` per-edge radial scaling of ``(m, l, c)``.
     Returns:
-        ``[E, (lmax+1)**2, C_out]``.
+        ``[E, (lmax+1)**2, C_out]`` (float32 under ``torch.autocast``).
     """
     check_int("lmax", lmax, 0, LMAX_SUPPORTED)
+    if isinstance(x, torch.Tensor):
+        x, weight, modulation = autocast_inputs(x.device, x, weight, modulation)
     check_tensor("x", x, (None, num_coeffs(lmax), None))
     check_float("x", x)
     check_so2_args(lmax, mmax, x.shape[2], out_channels, weight, modulation, x.shape[0], x)

@@ -9,7 +9,8 @@ from .. import reference
 from ..dispatch import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, num_coeffs, wigner_size
 from ..validation import check_float, check_index, check_index_range, check_int, check_tensor
-from ._common import autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty
+from ._common import (autocast_inputs, autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty,
+                      register_fp32_autocast, want_deterministic)
 from .so2_linear import check_so2_args
 
 
@@ -27,7 +28,8 @@ def _so2_message(
 ) -> torch.Tensor:
     check_index_range("edge_index", edge_index, x.shape[0])
     impl = select("so2_message", x.device)
-    return impl.forward(x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels, deterministic)
+    return impl.forward(x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels,
+                        want_deterministic(deterministic))
 
 
 @_so2_message.register_fake
@@ -54,7 +56,8 @@ def _so2_message_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = select("so2_message", x.device)
     outs = impl.backward(
-        grad.contiguous(), x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels, deterministic,
+        grad.contiguous(), x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels,
+        want_deterministic(deterministic),
         need_x, need_wigner, need_weight, need_mod,
     )
     return distinct_outputs(outs, (need_x, need_wigner, need_weight, need_mod), grad)
@@ -92,6 +95,8 @@ def _backward(ctx, grad):
 
 
 _so2_message.register_autograd(_backward, setup_context=_setup)
+register_fp32_autocast(_so2_message)
+register_fp32_autocast(_so2_message_backward)  # a backward run inside the autocast block
 
 
 def so2_message(
@@ -118,11 +123,14 @@ def so2_message(
         lmax, mmax, out_channels: as in ``so2_linear``.
         modulation: optional ``[E, num_mod(lmax, mmax), C_in]``.
         deterministic: segmented (sorted) reduction instead of atomics:
-            bitwise-identical results run to run.
+            bitwise-identical results run to run.  Forced on while
+            ``torch.are_deterministic_algorithms_enabled()``.
     Returns:
-        ``[N, (lmax+1)**2, out_channels]``.
+        ``[N, (lmax+1)**2, out_channels]`` (float32 under ``torch.autocast``).
     """
     check_int("lmax", lmax, 0, LMAX_SUPPORTED)
+    if isinstance(x, torch.Tensor):
+        x, wigner, weight, modulation = autocast_inputs(x.device, x, wigner, weight, modulation)
     check_tensor("x", x, (None, num_coeffs(lmax), None))
     check_float("x", x)
     check_tensor("wigner", wigner, (None, wigner_size(lmax)), dtype=x.dtype, device=x.device)
@@ -131,7 +139,7 @@ def so2_message(
     mod = None if modulation is None else modulation.contiguous()
     return _so2_message(
         x.contiguous(), wigner.contiguous(), edge_index.contiguous(), weight.contiguous(), mod,
-        lmax, mmax, out_channels, bool(deterministic),
+        lmax, mmax, out_channels, want_deterministic(deterministic),
     )
 
 

@@ -20,7 +20,8 @@ from ..dispatch import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, num_coeffs, spectral_size, tp_grid_size, tp_in_size, tp_out_size
 from ..reference.so2_tensor_product import from_spectral, to_spectral
 from ..validation import check_float, check_finite_values, check_int, check_tensor
-from ._common import autograd_backward, autograd_enabled, distinct_outputs, empty_or, extension_loaded, none_if_empty
+from ._common import (autocast_inputs, autograd_backward, autograd_enabled, distinct_outputs, empty_or, extension_loaded,
+                      none_if_empty, register_fp32_autocast)
 
 MAX_BODY_ORDER = 8
 
@@ -112,6 +113,8 @@ def _backward(ctx, grad):
 
 
 _so2_tensor_product.register_autograd(_backward, setup_context=_setup)
+register_fp32_autocast(_so2_tensor_product)
+register_fp32_autocast(_so2_tensor_product_backward)  # a backward run inside the autocast block
 
 
 def so2_tensor_product(
@@ -141,9 +144,11 @@ def so2_tensor_product(
         out_channels: ``C_out``.
         grid: number of uniform angles; default and minimum ``tp_grid_size(mmax, nu)``.
     Returns:
-        ``[N, (lmax+1)**2, out_channels]`` (rows ``|m| > mmax`` zero).
+        ``[N, (lmax+1)**2, out_channels]`` (rows ``|m| > mmax`` zero; float32 under ``torch.autocast``).
     """
     check_int("lmax", lmax, 0, LMAX_SUPPORTED)
+    if isinstance(x, torch.Tensor):
+        x, w_in, coeffs, w_out = autocast_inputs(x.device, x, w_in, coeffs, w_out)
     check_int("mmax", mmax, 0, lmax)
     check_int("out_channels", out_channels, 1, 1 << 20)
     check_tensor("x", x, (None, num_coeffs(lmax), None))

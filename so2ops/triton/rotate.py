@@ -5,7 +5,10 @@ the constexpr ``lmax``) and vectorised over a tile of edges x rows x channels:
 
 * ``_rotate_kernel``: ``out[dst(e), (l,m), c] = sum_j D_l[e][m, j] x[src(e), (l,j), c]``
   (``D_l^T`` when transposed), with an optional fused gather ``src = index[e]``
-  and an optional atomic scatter ``dst = index[e]`` (grad of the gather).
+  and an optional atomic scatter ``dst = index[e]`` (grad of the gather);
+  while ``torch.are_deterministic_algorithms_enabled()`` the gather's gradient
+  is instead rotated per edge and summed by ``segment_sum`` over the edges
+  sorted by index (fixed order, no atomics: bitwise reproducible).
   Each output row loops over the ``2*lmax+1`` possible columns of its degree
   block with masks, so one program covers rows of different degrees.
 * ``_rotate_grad_wigner_kernel``: ``gD[e, (l,m,m')] = sum_c A[a(e),(l,m),c] B[b(e),(l,m'),c]``
@@ -214,6 +217,10 @@ def rotate_backward(grad, x, wigner, lmax, index, inverse, need_x, need_wigner):
     if need_x:
         if index is None:
             gx = rotate_apply(grad, wigner, lmax, transpose=not inverse)
+        elif torch.are_deterministic_algorithms_enabled():
+            from .so2_message import segment_sum  # circular import at module level
+
+            gx = segment_sum(rotate_apply(grad, wigner, lmax, transpose=not inverse), index, x.shape[0])
         else:
             gx = rotate_apply(grad, wigner, lmax, scatter=index, num_out=x.shape[0], transpose=not inverse)
     if need_wigner:

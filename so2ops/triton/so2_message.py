@@ -29,6 +29,8 @@ a segmented sum over edges sorted by source.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -205,8 +207,9 @@ def _segment_sum_kernel(v_ptr, perm_ptr, rowptr_ptr, out_ptr, R, ACC: tl.constex
 def csr_by(index: torch.Tensor, n: int):
     """``(perm [E], rowptr [n+1])``: edges sorted by ``index`` (stable), segment offsets."""
     perm = torch.argsort(index, stable=True)
-    rowptr = torch.zeros(n + 1, dtype=torch.int64, device=index.device)
-    rowptr[1:] = torch.cumsum(torch.bincount(index, minlength=n), 0)
+    # searchsorted, not bincount: bincount reads max(index) on the host (a GPU sync, and
+    # CUDA-graph capture fails); this stays on the device and is deterministic
+    rowptr = torch.searchsorted(index.index_select(0, perm), torch.arange(n + 1, dtype=index.dtype, device=index.device))
     return perm, rowptr
 
 
@@ -216,7 +219,7 @@ def segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tens
     if n == 0 or out.numel() == 0:  # a grid axis of size 0 is invalid on a GPU
         return out
     perm, rowptr = csr_by(index, n)
-    r = values[0].numel() if values.shape[0] else int(torch.tensor(values.shape[1:]).prod())
+    r = math.prod(values.shape[1:])
     block = min(triton.next_power_of_2(max(r, 1)), 4096 if values.device.type == "cpu" else 1024)
     _segment_sum_kernel[(n, triton.cdiv(r, block))](
         values.contiguous(), perm, rowptr, out, r, ACC=tl_acc(values.dtype), BLOCK=block
