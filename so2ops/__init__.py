@@ -9,6 +9,12 @@ Public API::
     y      = so2ops.so2_tensor_product(local, w_in, coeffs, w_out, lmax, mmax, C_out)
     H      = so2ops.assemble_blocks(features, wigner, layout, atomic_numbers, items, batch)
 
+Value checks (index range, finite / nonzero edge vectors) read data on the
+host: on by default for CPU tensors, off for GPU tensors (CUDA graphs,
+``torch.compile``); ``so2ops.set_value_checks(True/False/None)`` or
+``with so2ops.value_checks(True):`` switch them.  Under ``torch.autocast`` the
+ops compute and return float32.
+
 Conventions are in docs/conventions.md, the math in docs/math.md.
 """
 from . import layout, nn, reference
@@ -18,6 +24,7 @@ from .block_tables import block_channels
 from .layout import LMAX_SUPPORTED, num_coeffs, num_mod, tp_grid_size, tp_in_size, tp_out_size, weight_size, wigner_size
 from .ops import HamiltonianIndex, assemble_blocks, edge_wigner, rotate, so2_linear, so2_message, so2_tensor_product
 from .reference import wigner_to_dense
+from .validation import set_value_checks, value_checks
 
 __version__ = "0.1.0"
 
@@ -41,9 +48,11 @@ __all__ = [
     "num_mod",
     "reference",
     "rotate",
+    "set_value_checks",
     "so2_linear",
     "so2_message",
     "use_backend",
+    "value_checks",
     "weight_size",
     "wigner_size",
     "wigner_to_dense",

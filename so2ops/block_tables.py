@@ -195,8 +195,15 @@ def check_block_lmax(layout: BasisLayout, lmax: int) -> None:
             f"{layout.features_lmax} (twice its largest shell degree {layout.lmax_shell})".replace("  ", " "))
 
 
+@torch.compiler.assume_constant_result
 def block_tables(layout: BasisLayout, lmax: int, channels: int, dtype, device) -> BlockTables:
-    """The (cached) tables for ``layout``, features of degree ``lmax`` with ``channels`` channels."""
+    """The (cached) tables for ``layout``, features of degree ``lmax`` with ``channels`` channels.
+
+    Built on the host and moved to ``(device, dtype)`` once, then reused: no
+    host-to-device copy per call.  ``torch.compile`` calls this at trace time
+    and keeps the cached tensors as constants of the graph (it neither traces
+    the construction nor copies the tables per call).
+    """
     return _tables(layout, lmax, channels, dtype, str(torch.device(device)))
 
 

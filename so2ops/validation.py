@@ -58,9 +58,10 @@ def value_checks(enabled: Optional[bool] = True):
 
 
 def _capturing(device) -> bool:
-    if device is None:
-        return torch.cuda.is_available() and torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
-    return torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()
+    """Whether the current CUDA stream is capturing a graph (never without an initialised CUDA context)."""
+    if device is not None and torch.device(device).type != "cuda":
+        return False
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def check_values_enabled(device: Union[torch.device, str, None] = None) -> bool:
