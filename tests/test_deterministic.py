@@ -1,0 +1,147 @@
+"""``torch.use_deterministic_algorithms(True)`` is honoured by every op on every backend.
+
+Two forward + backward runs are bitwise equal, and the request reaches the
+backend: ``so2_message`` gets ``deterministic=True`` (its segmented, atomic-free
+reduction) even when called with ``deterministic=False``, and the Triton
+``rotate`` backward with a gather index takes its segmented sum instead of
+atomics.  The other kernels have no atomics whose order matters (docs/conventions.md).
+"""
+import os
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS determinism (gpu variant)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import so2ops  # noqa: E402
+from so2ops import dispatch  # noqa: E402
+
+from _helpers import backend_params, message_inputs, require  # noqa: E402
+
+L, M, CI, CO, N, E = 2, 1, 3, 2, 5, 9
+F32 = torch.float32
+
+
+@pytest.fixture
+def deterministic():
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+def _cases(device):
+    x, v, wig, ei, w, mod = message_inputs(N, E, L, M, CI, CO, F32, device)
+    local = so2ops.reference.rotate(x, wig, L, ei[0])
+    g = torch.Generator().manual_seed(4)
+    nu, hid = 2, 2
+    w_in = (torch.randn(nu, so2ops.tp_in_size(L, M, CI, hid), generator=g) * 0.3).to(device)
+    coeffs = torch.randn(N, nu, hid, generator=g).to(device)
+    w_out = (torch.randn(so2ops.tp_out_size(L, M, hid, CO), generator=g) * 0.3).to(device)
+    layout = so2ops.BasisLayout({1: [0], 6: [0, 1]}, name="s+sp")
+    z = torch.tensor([6, 1, 1], device=device)
+    items = torch.tensor([[0, 0], [1, 1], [2, 2], [0, 1], [0, 2], [1, 2]], device=device)
+    fl = layout.features_lmax
+    feat = torch.randn(items.shape[0], so2ops.num_coeffs(fl), so2ops.block_channels(layout, fl), generator=g).to(device)
+    fw = so2ops.reference.edge_wigner(torch.randn(items.shape[0], 3, generator=g).to(device), fl)
+    return {
+        "edge_wigner": (lambda vv: so2ops.edge_wigner(vv, L), [v]),
+        "rotate": (lambda xx, ww: so2ops.rotate(xx, ww, L, index=ei[0]), [x, wig]),
+        "rotate_inverse": (lambda xx, ww: so2ops.rotate(xx, ww, L, index=ei[1], inverse=True), [x, wig]),
+        "so2_linear": (lambda xx, ww, mm: so2ops.so2_linear(xx, ww, L, M, CO, mm), [local, w, mod]),
+        "so2_message": (lambda xx, wg, ww, mm: so2ops.so2_message(xx, wg, ei, ww, L, M, CO, mm), [x, wig, w, mod]),
+        "so2_tensor_product": (lambda xx, a, c, b: so2ops.so2_tensor_product(xx, a, c, b, L, M, CO),
+                               [x, w_in, coeffs, w_out]),
+        "assemble_blocks": (lambda f, ww: so2ops.assemble_blocks(f, ww, layout, z, items), [feat, fw]),
+    }
+
+
+OPS = ["edge_wigner", "rotate", "rotate_inverse", "so2_linear", "so2_message", "so2_tensor_product", "assemble_blocks"]
+
+
+def _run(fn, tensors, seed=0):
+    leaves = [t.clone().requires_grad_(True) for t in tensors]
+    out = fn(*leaves)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out)
+    (out * g).sum().backward()
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def _backends():
+    return [pytest.param("reference", "cpu", id="reference")] + backend_params()
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend,device", _backends())
+def test_two_runs_are_bitwise_equal(deterministic, backend, device, op):
+    if backend != "reference":
+        require(backend, device)
+    fn, tensors = _cases(device)[op]
+    with so2ops.use_backend(backend):
+        first = _run(fn, tensors)
+        second = _run(fn, tensors)
+    for a, b in zip(first, second):
+        assert a is not None and b is not None
+        assert torch.equal(a, b), f"{op} on {backend}: runs differ by {float((a - b).abs().max())}"
+
+
+def _spy(monkeypatch, op, backend, seen):
+    impl = dispatch._IMPLS[op][backend]
+    fwd, bwd = impl.forward, impl.backward
+
+    def forward(*args):
+        seen.append(("forward", args[8]))
+        return fwd(*args)
+
+    def backward(*args):
+        seen.append(("backward", args[9]))
+        return bwd(*args)
+
+    monkeypatch.setattr(impl, "forward", forward)
+    monkeypatch.setattr(impl, "backward", backward)
+
+
+@pytest.mark.parametrize("backend,device", _backends())
+def test_so2_message_backend_gets_deterministic(deterministic, backend, device, monkeypatch):
+    if backend != "reference":
+        require(backend, device)
+    dispatch._load_backends()
+    seen = []
+    _spy(monkeypatch, "so2_message", backend, seen)
+    fn, tensors = _cases(device)["so2_message"]
+    with so2ops.use_backend(backend):
+        _run(fn, tensors)  # so2_message(..., deterministic=False)
+    assert seen == [("forward", True), ("backward", True)]
+
+
+def test_so2_message_flag_off_without_deterministic_algorithms(monkeypatch):
+    assert not torch.are_deterministic_algorithms_enabled()
+    seen = []
+    _spy(monkeypatch, "so2_message", "reference", seen)
+    fn, tensors = _cases("cpu")["so2_message"]
+    with so2ops.use_backend("reference"):
+        _run(fn, tensors)
+    assert seen == [("forward", False), ("backward", False)]
+
+
+def test_triton_rotate_backward_uses_the_segmented_sum(deterministic, monkeypatch):
+    params = {p.id: p.values for p in backend_params()}
+    backend, device = params["triton"]
+    require(backend, device)
+    import so2ops.triton.so2_message as tmsg
+
+    calls = []
+    real = tmsg.segment_sum
+    monkeypatch.setattr(tmsg, "segment_sum", lambda *a: calls.append(a[2]) or real(*a))
+    fn, tensors = _cases(device)["rotate"]
+    with so2ops.use_backend("triton"):
+        _run(fn, tensors)
+    assert calls == [N]  # grad x: one segmented sum over the N gathered rows, no atomics
+    torch.use_deterministic_algorithms(False)
+    calls.clear()
+    with so2ops.use_backend("triton"):
+        _run(fn, tensors)
+    assert calls == []  # the atomic scatter otherwise
