@@ -192,11 +192,7 @@ def test_edgewise(lmax, mmax, dtype, convention, quaternion):
         t.grad = None
     (y_ours * g).sum().backward()
     for a, b, what in zip((x.grad, ea.grad, pos.grad), grads_fc, ("x", "edge_attr", "pos")):
-        # float32 position gradients go through fairchem's Wigner derivatives: 5x the table
-        scale = 5.0 if (what == "pos" and dtype == torch.float32) else 1.0
-        rtol, atol = {torch.float32: (2e-4, 2e-5), torch.float64: (1e-9, 1e-10)}[dtype]
-        torch.testing.assert_close(a, b, rtol=rtol * scale, atol=atol * scale * max(1.0, float(b.abs().max())),
-                                   msg=lambda m: f"grad {what}: {m}")
+        assert_close(a, b, dtype, f"grad {what}")
     _check_param_grads(block, ours, dtype, edge_vec_convention=convention)
 
 
@@ -291,7 +287,4 @@ def test_edgewise_cuda(dtype):
     gx_fc, gp_fc = torch.autograd.grad((y_fc * g).sum(), (x, pos))
     gx_o, gp_o = torch.autograd.grad((y_ours * g).sum(), (x, pos))
     assert_close(gx_o.cpu(), gx_fc.cpu(), dtype, "grad x")
-    scale = 5.0 if dtype == torch.float32 else 1.0
-    rtol, atol = {torch.float32: (2e-4, 2e-5), torch.float64: (1e-9, 1e-10)}[dtype]
-    torch.testing.assert_close(gp_o.cpu(), gp_fc.cpu(), rtol=rtol * scale,
-                               atol=atol * scale * max(1.0, float(gp_fc.abs().max())))
+    assert_close(gp_o.cpu(), gp_fc.cpu(), dtype, "grad pos")
