@@ -155,6 +155,36 @@ def test_so2_convolution(lmax, mmax, dtype, radial, extra):
     _check_param_grads(conv, ours, dtype)
 
 
+@pytest.mark.parametrize("lmax,mmax", SIZES)
+def test_fast_backend_blocks(lmax, mmax):
+    """fairchem's block-GEMM forms of conv1 / conv2 (UMA's fast backends) convert too."""
+    dtype = torch.float64
+    gen = torch.Generator().manual_seed(50 + lmax * 10 + mmax)
+    cin, cout, e, extra = 3, 4, 8, 6
+    mapping = fc.so3.CoefficientMapping(lmax, mmax)
+    conv1 = _perturb(fc.so2_layers.SO2_Convolution(
+        cin, cout, lmax, mmax, mapping, internal_weights=False, edge_channels_list=EDGE_LIST[:2],
+        extra_m0_output_channels=extra).to(dtype), gen)
+    conv2 = _perturb(fc.so2_layers.SO2_Convolution(cout, cin, lmax, mmax, mapping).to(dtype), gen)
+    # fairchem's converters build float32 modules: cast back (their weights are float32-rounded, on both sides)
+    blk1 = fc.so2_layers.convert_so2_conv1(conv1).to(dtype)
+    blk2 = fc.so2_layers.convert_so2_conv2(conv2).to(dtype)
+    ours1, ours2 = convert(blk1), convert(blk2)
+    x = torch.randn(e, (lmax + 1) ** 2, cin, generator=gen, dtype=dtype)
+    ea = torch.randn(e, EDGE_LIST[0], generator=gen, dtype=dtype)
+    with torch.no_grad():
+        rad = blk1.rad_func(ea)  # fast backends precompute the radial outside the layer
+        y_fc, gate_fc = blk1(to_fairchem_layout(x, lmax, mmax), rad)
+        y_o, gate_o = ours1(x, modulation=rad.view(e, so2ops.num_mod(lmax, mmax), cin))
+        y_o2, gate_o2 = ours1(x, ea)
+        z_fc = blk2(y_fc)
+        z_o = ours2(from_fairchem_layout(y_fc, lmax, mmax))
+    for a, b, what in ((to_fairchem_layout(y_o, lmax, mmax), y_fc, "conv1"), (gate_o, gate_fc, "gate"),
+                       (y_o2, y_o, "conv1 via edge_attr"), (gate_o2, gate_o, "gate via edge_attr"),
+                       (to_fairchem_layout(z_o, lmax, mmax), z_fc, "conv2")):
+        assert_close(a, b, dtype, what)
+
+
 def _edgewise(lmax, mmax, c, h, dtype, gen, chunk=None):
     block = fc.escn_md_block.Edgewise(
         c, h, lmax, mmax, list(EDGE_LIST), fc.so3.CoefficientMapping(lmax, mmax), None, 6.0, chunk,

@@ -4,7 +4,11 @@ Tested against fairchem-core 2.24.0 (``tests/test_fairchem_compat.py``); the map
 is documented in docs/fairchem.md.  ``convert`` accepts
 
 * ``fairchem.core.models.uma.nn.so2_layers.SO2_Convolution`` -> ``so2ops.nn.SO2EdgeLinear``
-  (edge-frame layer: input/output in our l-major layout, see ``to_fairchem_layout``);
+  (edge-frame layer: input/output in our l-major layout, see ``to_fairchem_layout``),
+  and its fast-backend forms ``SO2_Conv2_InternalBlock`` (same call) and
+  ``SO2_Conv1_WithRadialBlock`` (whose ``forward`` takes the radial MLP's *output*:
+  call the converted layer with ``modulation=x_edge.view(E, num_mod, C_in)``; with
+  ``edge_attr`` it applies the copied ``rad_func`` itself);
 * ``fairchem.core.models.uma.escn_md_block.Edgewise`` (``act_type="gate"``) ->
   ``so2ops.nn.SO2EdgewiseBlock``;
 * ``fairchem.core.models.uma.nn.embedding.EdgeDegreeEmbedding`` ->
@@ -99,7 +103,7 @@ def _pack_so2(conv, cin_slice: slice, cout: int, flip: bool) -> torch.Tensor:
     lmax, mmax = conv.lmax, conv.mmax
     cin_total = conv.sphere_channels
     cin = len(range(cin_total)[cin_slice])
-    extra = conv.extra_m0_output_channels or 0
+    extra = getattr(conv, "extra_m0_output_channels", None) or 0
     fc0 = _linear(conv.fc_m0, "fc_m0")
     parts = []
     for m, kind, off, rows, cols in weight_blocks(lmax, mmax, cin, cout):
@@ -121,7 +125,7 @@ def _pack_so2(conv, cin_slice: slice, cout: int, flip: bool) -> torch.Tensor:
 
 
 def _m0_bias(conv, cout: int, flip: bool) -> torch.Tensor:
-    extra = conv.extra_m0_output_channels or 0
+    extra = getattr(conv, "extra_m0_output_channels", None) or 0
     b = conv.fc_m0.bias
     if b is None:
         return torch.zeros(conv.lmax + 1, cout, dtype=conv.fc_m0.weight.dtype, device=conv.fc_m0.weight.device)
@@ -133,7 +137,7 @@ def _m0_bias(conv, cout: int, flip: bool) -> torch.Tensor:
 
 def _extra_linear(conv, flip: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Weight ``[extra, (lmax+1)*C_in]`` and bias of the extra m = 0 outputs."""
-    extra = conv.extra_m0_output_channels or 0
+    extra = getattr(conv, "extra_m0_output_channels", None) or 0
     w = conv.fc_m0.weight[:extra]
     if flip:
         sign = _parity(conv.lmax + 1, w.device, w.dtype)[0]
@@ -175,7 +179,7 @@ def _copy_radial(rad_func, out_sign: Optional[torch.Tensor] = None) -> RadialMLP
 # ------------------------------------------------------------------ modules
 def _convert_so2_convolution(conv) -> SO2EdgeLinear:
     lmax, mmax, cin, cout = conv.lmax, conv.mmax, conv.sphere_channels, conv.m_output_channels
-    extra = conv.extra_m0_output_channels or 0
+    extra = getattr(conv, "extra_m0_output_channels", None) or 0
     rad = getattr(conv, "rad_func", None)
     edge_list = _radial_channels(rad)[:-1] if rad is not None else None
     w = conv.fc_m0.weight
@@ -247,8 +251,8 @@ def convert(module: nn.Module, edge_vec_convention: str = "so2ops") -> nn.Module
     """so2ops equivalent of a fairchem UMA / eSCN-MD module (weights copied, not shared).
 
     Args:
-        module: ``SO2_Convolution``, ``Edgewise`` (gate activation) or ``EdgeDegreeEmbedding``
-            from fairchem-core (MoLE layers must be merged into plain ``Linear`` first).
+        module: ``SO2_Convolution`` (or ``SO2_Conv1_WithRadialBlock`` / ``SO2_Conv2_InternalBlock``),
+            ``Edgewise`` (gate activation) or ``EdgeDegreeEmbedding`` from fairchem-core (MoLE layers must be merged into plain ``Linear`` first).
         edge_vec_convention: which edge vector the converted block's ``wigner`` is
             built from (``Edgewise`` / ``EdgeDegreeEmbedding`` only; ``SO2_Convolution``
             acts inside the edge frame and needs no choice):
@@ -265,9 +269,11 @@ def convert(module: nn.Module, edge_vec_convention: str = "so2ops") -> nn.Module
     fc = load_fairchem_uma()
     if isinstance(module, fc.escn_md_block.Edgewise):
         return _convert_edgewise(module, flip)
-    if isinstance(module, fc.so2_layers.SO2_Convolution):
+    if isinstance(module, (fc.so2_layers.SO2_Convolution, fc.so2_layers.SO2_Conv1_WithRadialBlock,
+                           fc.so2_layers.SO2_Conv2_InternalBlock)):
         return _convert_so2_convolution(module)
     if isinstance(module, fc.embedding.EdgeDegreeEmbedding):
         return _convert_edge_degree(module, flip)
     raise TypeError(f"cannot convert {type(module).__module__}.{type(module).__name__}: supported are "
-                    "SO2_Convolution, Edgewise (act_type='gate') and EdgeDegreeEmbedding")
+                    "SO2_Convolution (and its SO2_Conv1_WithRadialBlock / SO2_Conv2_InternalBlock forms), "
+                    "Edgewise (act_type='gate') and EdgeDegreeEmbedding")

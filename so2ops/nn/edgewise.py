@@ -71,7 +71,9 @@ class SO2EdgeLinear(nn.Module):
         bias: add the ``m = 0`` bias ``[lmax+1, out_channels]``.
         edge_channels_list: ``[edge_attr_dim, hidden...]``; a ``RadialMLP`` to
             ``num_mod * in_channels`` outputs is built from it.  ``None``: no
-            internal radial function (``modulation`` may still be passed).
+            internal radial function (``modulation`` may still be passed).  A
+            ``modulation`` passed to ``forward`` is used as is (the radial
+            function is then skipped: precomputed radials).
         extra_m0_channels: number of extra invariant outputs (0: none).
     Shapes:
         ``forward(x[E, K, C_in], edge_attr[E, D] = None, modulation[E, NM, C_in] = None)
@@ -93,9 +95,10 @@ class SO2EdgeLinear(nn.Module):
     def forward(self, x: torch.Tensor, edge_attr: Optional[torch.Tensor] = None,
                 modulation: Optional[torch.Tensor] = None):
         e = x.shape[0]
-        if self.radial is not None:
+        if modulation is None and self.radial is not None:
             if edge_attr is None:
-                raise ValueError("edge_attr is required: this SO2EdgeLinear has a radial function")
+                raise ValueError("edge_attr (or a precomputed modulation) is required: "
+                                 "this SO2EdgeLinear has a radial function")
             modulation = self.radial(edge_attr).view(e, num_mod(self.lmax, self.mmax), self.in_channels)
         y = so2_linear(x, self.weight, self.lmax, self.mmax, self.out_channels, modulation)
         if self.bias is not None:
