@@ -27,6 +27,12 @@ from ._common import (autocast_inputs, autograd_backward, distinct_outputs, empt
 class HamiltonianIndex:
     """Where each molecule's Hamiltonian lives in the flat buffer.
 
+    ``build`` reads ``atomic_numbers`` and ``batch`` on the host: one device
+    synchronisation per batch (and one copy back).  Build it once per batch and
+    pass it as ``assemble_blocks(..., index=...)``, e.g. outside a CUDA graph or a
+    compiled region; ``assemble_blocks`` itself then reads nothing on the host
+    (value checks aside, docs/conventions.md).
+
     Attributes:
         mol_offset: ``[B]`` int64 start of molecule ``b``'s ``n_ao x n_ao`` block.
         mol_nao: ``[B]`` int64 number of AOs of each molecule.
@@ -50,9 +56,11 @@ class HamiltonianIndex:
         if batch is None:
             batch = torch.zeros_like(atomic_numbers)
         check_index("batch", batch, (atomic_numbers.shape[0],), device)
-        zs = atomic_numbers.tolist()
+        # the one host synchronisation: the index is built on the host, once per batch
+        host = torch.stack([atomic_numbers, batch]).cpu()
+        zs = host[0].tolist()
         counts = torch.tensor([layout.n_ao(z) for z in zs], dtype=torch.int64)  # raises for unknown elements
-        b = batch.cpu()
+        b = host[1]
         if b.numel() and (bool((b[1:] < b[:-1]).any()) or int(b.min()) < 0):
             raise ValueError("batch must be non-negative and sorted (atoms of a molecule contiguous)")
         nb = (int(b.max()) + 1 if b.numel() else 0) if num_molecules is None else int(num_molecules)
@@ -64,7 +72,10 @@ class HamiltonianIndex:
         atom_ao = ends - counts - mol_start[b] if b.numel() else counts
         sq = mol_nao * mol_nao
         mol_offset = torch.cumsum(sq, 0) - sq
-        return cls(mol_offset.to(device), mol_nao.to(device), atom_ao.to(device), batch, int(sq.sum()))
+        # one host-to-device copy for the three tables
+        nb_, na_ = mol_offset.shape[0], atom_ao.shape[0]
+        packed = torch.cat([mol_offset, mol_nao, atom_ao]).to(device)
+        return cls(packed[:nb_], packed[nb_ : 2 * nb_], packed[2 * nb_ : 2 * nb_ + na_], batch, int(sq.sum()))
 
     def unpack(self, flat: torch.Tensor) -> List[torch.Tensor]:
         """Per-molecule ``[n_ao, n_ao]`` views of a flat buffer."""
