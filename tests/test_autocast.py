@@ -195,3 +195,20 @@ def test_ops_autocast_triton_interpret(op):
     if device != "cpu":
         pytest.skip("covered by the gpu variant")
     _check_op("cpu", torch.bfloat16, "triton", op)
+
+
+def test_autocast_inside_torch_compile():
+    """The wrappers' autocast cast traces (fullgraph) and matches eager."""
+    x, v, _, ei, w, _ = message_inputs(N, E, LMAX, MMAX, CIN, COUT, torch.float32, "cpu")
+    torch.manual_seed(0)
+    lin = nn.Linear(ATTR, so2ops.num_mod(LMAX, MMAX) * CIN)
+    attr = torch.randn(E, ATTR)
+
+    def f(x, v, attr):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mod = lin(attr).view(E, -1, CIN)
+            return so2ops.so2_message(x, so2ops.edge_wigner(v, LMAX), ei, w, LMAX, MMAX, COUT, mod)
+
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(x, v, attr)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, f(x, v, attr))
