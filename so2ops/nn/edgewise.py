@@ -144,10 +144,9 @@ class SO2EdgewiseBlock(nn.Module):
             ``torch.utils.checkpoint``: peak memory of the ``[E, K, *]``
             intermediates drops to one chunk's (about ``6 K (C + H)`` numbers
             per edge of the chunk instead of per edge of the graph), at the cost
-            of recomputing the block's forward during backward (one more
-            forward, typically +30-50% time of a forward+backward) and one
-            ``index_add_`` per chunk.  Results equal the unchunked ones up to
-            summation order.
+            of recomputing the block's forward during backward (one extra
+            forward pass of the block per training step) and one ``index_add_``
+            per chunk.  Results equal the unchunked ones up to summation order.
     Shapes:
         ``forward(x[N, K, C], edge_index[2, E], wigner[E, wigner_size(lmax)],
         edge_attr[E, edge_attr_dim], envelope[E] or [E, 1] or None) -> [N, K, C]``:
