@@ -141,9 +141,11 @@ class SO2EdgewiseBlock(nn.Module):
             (fairchem: ``[num_distance_basis + 2 * edge_channels, edge_channels,
             edge_channels]``); its output has ``NM * 2C`` entries.
         edge_chunk: if set, edges are processed ``edge_chunk`` at a time under
-            ``torch.utils.checkpoint``: peak memory of the ``[E, K, *]``
-            intermediates drops to one chunk's (about ``6 K (C + H)`` numbers
-            per edge of the chunk instead of per edge of the graph), at the cost
+            ``torch.utils.checkpoint``: the ``[E, K, *]`` intermediates kept for
+            the backward (the rotated ``a``, ``b``, the result of ``conv1``, the
+            expanded gates, the gated features and the message: about
+            ``K (3 C + 3 H)`` numbers per edge) exist for one chunk at a time
+            instead of for the whole graph, at the cost
             of recomputing the block's forward during backward (one extra
             forward pass of the block per training step) and one ``index_add_``
             per chunk.  Results equal the unchunked ones up to summation order.
