@@ -1,7 +1,7 @@
 """so2ops.compat.fairchem.convert against fairchem-core itself (UMA / eSCN-MD modules).
 
 The converted so2ops module must give fairchem's outputs and gradients (input
-features, edge attributes, positions through the Wigner matrices, every weight)
+features, edge attributes, envelope, positions through the Wigner matrices, every weight)
 on random graphs.  fairchem builds its Wigner matrices with its own code (the
 quaternion path UMA uses by default, and the Euler-angle path), each with a
 random roll about the edge; so2ops uses ``so2ops.edge_wigner``.  Tolerances
@@ -206,7 +206,7 @@ def test_edgewise(lmax, mmax, dtype, convention, quaternion):
     e = ei.shape[1]
     x = torch.randn(n, (lmax + 1) ** 2, c, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
     ea = torch.randn(e, EDGE_LIST[0], generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-    env = torch.rand(e, generator=gen, dtype=torch.float64).to(dtype)
+    env = torch.rand(e, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
 
     vec_fc = pos[ei[0]] - pos[ei[1]]  # fairchem's edge_distance_vec
     w, wi = _fc_wigner(vec_fc, lmax, mmax, quaternion)
@@ -217,11 +217,11 @@ def test_edgewise(lmax, mmax, dtype, convention, quaternion):
 
     g = torch.randn(y_fc.shape, generator=gen, dtype=torch.float64).to(dtype)
     (y_fc * g).sum().backward()
-    grads_fc = [t.grad.clone() for t in (x, ea, pos)]
-    for t in (x, ea, pos):
+    grads_fc = [t.grad.clone() for t in (x, ea, pos, env)]
+    for t in (x, ea, pos, env):
         t.grad = None
     (y_ours * g).sum().backward()
-    for a, b, what in zip((x.grad, ea.grad, pos.grad), grads_fc, ("x", "edge_attr", "pos")):
+    for a, b, what in zip((x.grad, ea.grad, pos.grad, env.grad), grads_fc, ("x", "edge_attr", "pos", "envelope")):
         assert_close(a, b, dtype, f"grad {what}")
     _check_param_grads(block, ours, dtype, edge_vec_convention=convention)
 
