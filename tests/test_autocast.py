@@ -212,3 +212,22 @@ def test_autocast_inside_torch_compile():
     out = torch.compile(f, fullgraph=True, backend="aot_eager")(x, v, attr)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, f(x, v, attr))
+
+
+def test_assemble_blocks_autocast_cpu():
+    layout = so2ops.BasisLayout({1: [0], 6: [0, 1]}, name="s+sp")
+    z = torch.tensor([6, 1, 1])
+    items = torch.tensor([[0, 0], [1, 1], [2, 2], [0, 1], [0, 2], [1, 2]])
+    lmax = layout.features_lmax
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(items.shape[0], so2ops.num_coeffs(lmax), so2ops.block_channels(layout, lmax), generator=g)
+    wig = so2ops.edge_wigner(torch.randn(items.shape[0], 3, generator=g), lmax)
+    half = feat.bfloat16()
+    expected = so2ops.assemble_blocks(half.float(), wig, layout, z, items)
+    a = half.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = so2ops.assemble_blocks(a, wig, layout, z, items)
+        assert out.dtype == torch.float32
+        out.square().sum().backward()
+    _close(out, expected, torch.bfloat16, "assemble_blocks")
+    assert a.grad.dtype == torch.bfloat16
