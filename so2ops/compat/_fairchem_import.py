@@ -144,7 +144,6 @@ def _gp_standins() -> None:
 def _load_modules(ns: SimpleNamespace) -> None:
     for attr, sub in _SUBMODULES.items():
         setattr(ns, attr, importlib.import_module(f"{_UMA}.{sub}"))
-    ns.Jd = None
     jd_path = os.path.join(os.path.dirname(ns.so2_layers.__file__), "..", "Jd.pt")
     ns.jd_path = os.path.normpath(jd_path)
 
