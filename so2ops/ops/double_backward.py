@@ -154,8 +154,18 @@ def vjp_double_backward(
 
 
 # ------------------------------------------------------------------ edge_wigner
-def _edge_wigner_setup(ctx, inputs, output):
+def _common_setup(ctx):
+    # Backward may run on an autograd worker thread, which does not see the
+    # caller's use_backend() context: remember the choice made at forward time.
     ctx.backend = current_backend()
+    # Outputs off the differentiated path get None, not materialised zeros: their
+    # terms are skipped (e.g. the weight gradient computed, and unused, while forces
+    # are taken, or gradcheck's one-output-at-a-time vjps).
+    ctx.set_materialize_grads(False)
+
+
+def _edge_wigner_setup(ctx, inputs, output):
+    _common_setup(ctx)
     grad, edge_vec, lmax = inputs
     ctx.save_for_backward(grad, edge_vec)
     ctx.lmax = lmax
@@ -171,7 +181,7 @@ def _edge_wigner_bb(ctx, gg):
 
 # ------------------------------------------------------------------ rotate (bilinear)
 def _rotate_setup(ctx, inputs, output):
-    ctx.backend = current_backend()
+    _common_setup(ctx)
     grad, x, wigner, lmax, index, inverse, need_x, need_wigner = inputs
     ctx.save_for_backward(grad, x, wigner, index)
     ctx.args = (lmax, inverse)
@@ -192,7 +202,7 @@ def _rotate_bb(ctx, ggx, ggw):
 
 # ------------------------------------------------------------------ so2_linear (trilinear)
 def _so2_linear_setup(ctx, inputs, output):
-    ctx.backend = current_backend()
+    _common_setup(ctx)
     grad, x, weight, modulation, lmax, mmax, out_channels, need_x, need_weight, need_mod = inputs
     ctx.save_for_backward(grad, x, weight, modulation)
     ctx.args = (lmax, mmax, out_channels)
@@ -227,7 +237,7 @@ def unfused_message(x, wigner, edge_index, weight, modulation, lmax, mmax, out_c
 
 
 def _so2_message_setup(ctx, inputs, output):
-    ctx.backend = current_backend()
+    _common_setup(ctx)
     (grad, x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels, deterministic,
      need_x, need_wigner, need_weight, need_mod) = inputs
     ctx.save_for_backward(grad, x, wigner, edge_index, weight, modulation)
@@ -248,7 +258,7 @@ def _so2_message_bb(ctx, ggx, ggwig, ggw, ggm):
 
 # ------------------------------------------------------------------ so2_tensor_product (reference grid stage)
 def _tp_setup(ctx, inputs, output):
-    ctx.backend = current_backend()
+    _common_setup(ctx)
     grad, x, w_in, coeffs, w_out, lmax, mmax, out_channels, grid = inputs[:9]
     ctx.save_for_backward(grad, x, w_in, coeffs, w_out)
     ctx.args = (lmax, mmax, out_channels, grid)
@@ -266,7 +276,7 @@ def _tp_bb(ctx, *ggs):
 
 # ------------------------------------------------------------------ assemble_blocks (reference)
 def _ab_setup(ctx, inputs, output):
-    ctx.backend = current_backend()
+    _common_setup(ctx)
     ctx.save_for_backward(*inputs[:16])  # grad, features, wigner, 13 index / table tensors
     ctx.args = tuple(inputs[16:18])  # lmax_shell, total
     ctx.computed = tuple(inputs[18:20])
