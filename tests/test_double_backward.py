@@ -12,15 +12,18 @@
 
 Sizes are tiny and float64; the Triton interpreter runs gradcheck's fast mode.
 """
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import so2ops
+from so2ops import dispatch
 from so2ops.ops import double_backward
 from so2ops.layout import num_mod
 
-from _helpers import FAST, assert_close, backend_params, message_inputs, random_edges, require
+from _helpers import FAST, assert_close, backend_params, message_inputs, require
 
 F64 = torch.float64
 ALL_BACKENDS = [pytest.param("reference", "cpu", id="reference")] + backend_params()
@@ -191,8 +194,7 @@ def test_gradgradcheck_assemble_blocks_backward(needs):
     tail = _ab_tail(x, z, items, batch, invariant)
     g = torch.randn(tail[-1], dtype=F64, generator=torch.Generator().manual_seed(9))
     f = lambda gg, a, b: _only(OPS.assemble_blocks_backward(gg, a, b, *tail, *needs), needs)  # noqa: E731
-    with so2ops.use_backend("cpu"):
-        assert torch.autograd.gradgradcheck(f, _leaves(g, x, w), fast_mode=True)
+    _gradgrad(f, _leaves(g, x, w), "cpu", fast=True)
 
 
 def _ab_tail(x, z, items, batch, invariant):
@@ -217,12 +219,13 @@ class Model(nn.Module):
 
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(3, C)
-        self.conv1 = so2ops.nn.SO2Convolution(LMAX, MMAX, C, C, NRBF, hidden_dim=5)
-        self.gate = so2ops.nn.Gate(LMAX, C)
-        self.conv2 = so2ops.nn.SO2Convolution(LMAX, MMAX, C, C, NRBF, hidden_dim=5)
-        self.readout = nn.Sequential(nn.Linear(2 * C, 6), nn.SiLU(), nn.Linear(6, 1))
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.embed = nn.Embedding(3, C)
+            self.conv1 = so2ops.nn.SO2Convolution(LMAX, MMAX, C, C, NRBF, hidden_dim=5)
+            self.gate = so2ops.nn.Gate(LMAX, C)
+            self.conv2 = so2ops.nn.SO2Convolution(LMAX, MMAX, C, C, NRBF, hidden_dim=5)
+            self.readout = nn.Sequential(nn.Linear(2 * C, 6), nn.SiLU(), nn.Linear(6, 1))
         self.double()
 
     def _conv(self, conv, x, ei, vec, attr, wig, pure):
@@ -236,7 +239,7 @@ class Model(nn.Module):
         vec = pos[ei[1]] - pos[ei[0]]
         wig = (so2ops.reference.edge_wigner if pure else so2ops.edge_wigner)(vec, LMAX)
         r = vec.norm(dim=-1, keepdim=True)
-        attr = torch.exp(-((r - torch.linspace(0.5, 3.0, NRBF, dtype=F64)) ** 2))
+        attr = torch.exp(-((r - torch.linspace(0.5, 3.0, NRBF, dtype=F64, device=r.device)) ** 2))
         e = self.embed(species)
         x = torch.cat([e[:, None, :], e.new_zeros(e.shape[0], so2ops.num_coeffs(LMAX) - 1, C)], dim=1)
         h = self.gate(self._conv(self.conv1, x, ei, vec, attr, wig, pure))
@@ -263,12 +266,22 @@ def _force_loss(model, pos, species, ei, f_target, pure=False, create_graph=True
     return ((-de - f_target) ** 2).sum() + 0.1 * energy**2
 
 
-def _param_grads(model, backend, device="cpu", pure=False):
-    model = model.to(device)
+def _param_grads(model, backend, device="cpu", pure=False, seen=None):
+    """Parameter gradients of the force loss; ``.backward()`` runs outside ``use_backend``:
+    the formulas must use the backend chosen at forward time (``seen`` records each dispatch)."""
+    if device != "cpu":
+        model = copy.deepcopy(model).to(device)
     pos, species, ei, f_target = (t.to(device) for t in _system())
     model.zero_grad()
     with so2ops.use_backend(backend):
-        _force_loss(model, pos, species, ei, f_target, pure).backward()
+        loss = _force_loss(model, pos, species, ei, f_target, pure)
+    real = dispatch._load_backends
+    if seen is not None:
+        dispatch._load_backends = lambda: (seen.append(dispatch.current_backend()), real())[1]
+    try:
+        loss.backward()
+    finally:
+        dispatch._load_backends = real
     return {k: p.grad.detach().cpu().clone() for k, p in model.named_parameters()}
 
 
@@ -283,8 +296,9 @@ def oracle():
 def test_force_training_matches_plain_pytorch(backend, device, oracle):
     _require(backend, device)
     model, expected = oracle
-    grads = _param_grads(model, backend, device)
-    model.to("cpu")
+    seen = []
+    grads = _param_grads(model, backend, device, seen=seen)
+    assert seen and set(seen) == {backend}, "the second-order backward ran on another backend"
     for k, g in expected.items():
         assert float(g.abs().max()) > 0, k  # every parameter feeds the force loss
         assert_close(grads[k], g, F64, f"{backend}: d(force loss)/d{k}")
