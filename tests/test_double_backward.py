@@ -177,8 +177,25 @@ def test_gradgradcheck_so2_linear_backward(needs):
 def test_gradgradcheck_so2_message_backward(needs):
     x, wig, ei, w, mod = _message("cpu")
     g = torch.randn_like(x)
-    f = lambda gg, a, b, c, d: _only(OPS.so2_message_backward(gg, a, b, ei, c, d, 1, 1, 1, False, *needs), needs)  # noqa: E731
+    def f(gg, a, b, c, d):
+        return _only(OPS.so2_message_backward(gg, a, b, ei, c, d, 1, 1, 1, False, *needs), needs)
+
     _gradgrad(f, _leaves(g, x, wig, w, mod), "cpu")
+
+
+def test_opcheck_backward_ops():
+    """Schema, autograd registration, fake kernels and AOT tracing of the backward ops with
+    inputs that require grad (so their double backward is traced too)."""
+    x, wig, ei, w, mod = _message("cpu")
+    local = so2ops.reference.rotate(x, wig, 1, ei[0])
+    cases = [
+        (OPS.rotate_backward.default, (*_leaves(local, x, wig), 1, ei[0], False, True, True)),
+        (OPS.so2_message_backward.default,
+         (*_leaves(x, x, wig), ei, *_leaves(w, mod), 1, 1, 1, False, True, True, True, True)),
+    ]
+    with so2ops.use_backend("cpu"):
+        for op, args in cases:
+            torch.library.opcheck(op, args)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
