@@ -186,3 +186,113 @@ def test_edge_degree_matches_dense_rotation():
     torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
     y0 = emb(None, ei, w, ea, env, num_nodes=x.shape[0])
     torch.testing.assert_close(y0, expected - x, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- lean path
+def _lean_pair(lmax, mmax, c, h, dtype, seed, chunk=None):
+    gen = torch.Generator().manual_seed(seed)
+    plain = _perturb(SO2EdgewiseBlock(lmax, mmax, c, h, [EDGE_ATTR, 6], lean=False), gen).to(dtype)
+    lean = SO2EdgewiseBlock(lmax, mmax, c, h, [EDGE_ATTR, 6], edge_chunk=chunk, lean=True).to(dtype)
+    lean.load_state_dict(plain.state_dict())
+    return plain, lean, gen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("lmax,mmax,chunk", [(3, 2, None), (2, 2, None), (4, 1, None), (0, 0, None), (3, 2, 5)])
+def test_lean_equals_plain(lmax, mmax, chunk, dtype):
+    """lean (default) == lean=False: output and every gradient (x, edge_attr, pos via the Wigner blocks,
+    envelope, every parameter)."""
+    assert SO2EdgewiseBlock(2, 2, 2, 2, [EDGE_ATTR, 6]).lean  # the default
+    c, h = 3, 4
+    plain, lean, gen = _lean_pair(lmax, mmax, c, h, dtype, 21 + lmax, chunk)
+    pos, ei, x, ea, env = _inputs(lmax, c, 7, dtype, gen)
+    results = []
+    for module in (plain, lean):
+        p, xx, a, en = (t.clone().requires_grad_() for t in (pos, x, ea, env))
+        module.zero_grad()
+        y = module(xx, ei, so2ops.edge_wigner(p[ei[1]] - p[ei[0]], lmax), a, en)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(dtype)
+        (y * g).sum().backward()
+        results.append([y.detach(), xx.grad, a.grad, p.grad, en.grad] + [q.grad.clone() for q in module.parameters()])
+    for i, (a, b) in enumerate(zip(results[1], results[0])):
+        assert_close(a, b, dtype, f"lean vs plain tensor {i}")
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_lean_double_backward(lean):
+    """Force training through the block (create_graph=True): lean == plain, and gradcheck of the forces."""
+    lmax, mmax, c, h = 2, 1, 2, 3
+    dtype = torch.float64
+    plain, ref_lean, gen = _lean_pair(lmax, mmax, c, h, dtype, 31)
+    module = ref_lean if lean else plain
+    pos, ei, x, ea, env = _inputs(lmax, c, 5, dtype, gen)
+    x = x.requires_grad_()
+    readout = torch.randn(c, generator=gen, dtype=dtype)
+
+    def forces_loss(p, xx, envv):
+        y = module(xx, ei, so2ops.edge_wigner(p[ei[1]] - p[ei[0]], lmax), ea, envv)
+        energy = (y[:, 0, :] * readout).sum() + (y ** 2).sum() * 0.1
+        f, gx = torch.autograd.grad(energy, (p, xx), create_graph=True)
+        return (f ** 2).sum() + (gx ** 2).sum()
+
+    p = pos.clone().requires_grad_()
+    envv = env.clone().requires_grad_()
+    loss = forces_loss(p, x, envv)
+    grads = torch.autograd.grad(loss, [p, x, envv] + list(module.parameters()))
+    # the same second-order gradients from the other path
+    other = plain if lean else ref_lean
+    module_saved, module = module, other
+    loss2 = forces_loss(p, x, envv)
+    grads2 = torch.autograd.grad(loss2, [p, x, envv] + list(other.parameters()))
+    module = module_saved
+    torch.testing.assert_close(loss, loss2, rtol=1e-10, atol=0)
+    for i, (a, b) in enumerate(zip(grads, grads2)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda m: f"tensor {i}: {m}")
+    # and the lean backward itself is correct to second order (finite differences of the forces)
+    if lean:
+        pp = pos.clone().requires_grad_()
+        torch.autograd.gradgradcheck(
+            lambda q, e_: module(x.detach(), ei, so2ops.edge_wigner(q[ei[1]] - q[ei[0]], lmax), ea, e_),
+            (pp, env.clone().requires_grad_()), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def saved_bytes(module, *args) -> int:
+    """Bytes of the distinct storages that autograd keeps for the backward of ``module(*args)``."""
+    storages = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(*args)
+    del out
+    return sum(storages.values())
+
+
+def test_lean_saved_bytes():
+    """The lean block keeps about K H + NM 2C numbers per edge for the backward (plus inputs and parameters);
+    the plain composition keeps about K (4 C + 3 H): it does not fit the lean bound."""
+    lmax, mmax, c, h, n = 3, 2, 16, 16, 12
+    dtype = torch.float32
+    plain, lean, gen = _lean_pair(lmax, mmax, c, h, dtype, 41)
+    pos, ei, x, ea, env = _inputs(lmax, c, n, dtype, gen)
+    e, k, nm, l0 = ei.shape[1], (lmax + 1) ** 2, so2ops.num_mod(lmax, mmax), lmax + 1
+    x = x.requires_grad_()
+    ea = ea.requires_grad_()
+    w = so2ops.edge_wigner(pos[ei[1]] - pos[ei[0]], lmax)
+    params = sum(p.numel() for p in lean.parameters())
+    hidden_mlp = 6
+    per_edge = (k * h              # conv1's output
+                + nm * 2 * c       # the modulation
+                + l0 * 2 * c       # the gate input (gate_linear's saved input)
+                + 2 * lmax * h     # the gates (sigmoid output, and the Function's input)
+                + so2ops.wigner_size(lmax) + 1 + 2  # Wigner, envelope, indices (int64 = 2 x float32)
+                + EDGE_ATTR + 3 * hidden_mlp)       # the radial MLP's own activations
+    bound = 4 * (e * per_edge + x.numel() + params + 64)
+    got = saved_bytes(lean, x, ei, w, ea, env)
+    assert got <= bound, (got, bound)
+    plain_bytes = saved_bytes(plain, x, ei, w, ea, env)
+    assert plain_bytes > bound, (plain_bytes, bound)
+    assert plain_bytes > 2 * got

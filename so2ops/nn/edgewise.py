@@ -18,6 +18,8 @@ from ..layout import coeff_index, num_coeffs, num_mod, weight_size
 from ..ops import rotate, so2_linear
 from .so2_linear import init_so2_weight
 
+_ops = torch.ops.so2ops
+
 __all__ = ["RadialMLP", "SO2EdgeLinear", "SO2EdgewiseBlock", "m0_rows"]
 
 
@@ -54,6 +56,205 @@ def _bias_rows(bias: torch.Tensor, lmax: int) -> torch.Tensor:
     """``[L0, C] -> [K, C]``: the bias on rows ``(l, 0)``, zero elsewhere (differentiable)."""
     idx = torch.tensor(m0_rows(lmax), device=bias.device)
     return bias.new_zeros(num_coeffs(lmax), bias.shape[1]).index_copy(0, idx, bias)
+
+
+# ---------------------------------------------------------------------- lean path
+# Two autograd Functions that split the block at conv1's output: the producer
+# (gather + rotate + conv1 + m = 0 extras) saves only its inputs and recomputes
+# the two rotations in its backward; the consumer (gate + conv2 + rotate back +
+# envelope + index_add) saves conv1's output and the gates and recomputes the
+# gated features (elementwise) in its backward.  Both backwards are written
+# with differentiable ops (the public so2ops ops and their ``*_backward`` custom
+# ops, which have autograd formulas), so ``create_graph=True`` works.  Backward
+# code uses in-place updates only when grad mode is off (no double backward).
+
+def _rows(l: int) -> slice:
+    return slice(l * l, (l + 1) * (l + 1))
+
+
+def _m0_index(lmax: int, device) -> torch.Tensor:
+    return torch.tensor(m0_rows(lmax), device=device)
+
+
+def _m0_sum(g: torch.Tensor, lmax: int) -> torch.Tensor:
+    """``[E, K, C] -> [lmax+1, C]``: the gradient of a bias added to the rows ``(l, 0)``."""
+    return torch.stack([g[:, l * l + l].sum(0) for l in range(lmax + 1)])
+
+
+def _add_m0_bias(y: torch.Tensor, bias: Optional[torch.Tensor], lmax: int) -> torch.Tensor:
+    """``y`` plus ``bias[l]`` on the rows ``(l, 0)`` (in place without grad mode)."""
+    if bias is None:
+        return y
+    if not torch.is_grad_enabled():
+        for l in range(lmax + 1):
+            y[:, l * l + l].add_(bias[l])
+        return y
+    return y.index_add(1, _m0_index(lmax, y.device), bias.unsqueeze(0).expand(y.shape[0], -1, -1))
+
+
+def _gate_apply(hid: torch.Tensor, gates: Optional[torch.Tensor], lmax: int) -> torch.Tensor:
+    """The gate activation (as ``SO2EdgewiseBlock.gate``) without expanding the gates to ``[E, K-1, H]``."""
+    if gates is None:
+        return torch.nn.functional.silu(hid[:, :1])
+    if torch.is_grad_enabled():
+        parts = [torch.nn.functional.silu(hid[:, :1])]
+        parts += [hid[:, _rows(l)] * gates[:, l - 1 : l] for l in range(1, lmax + 1)]
+        return torch.cat(parts, dim=1)
+    g = torch.empty_like(hid)
+    g[:, :1] = torch.nn.functional.silu(hid[:, :1])
+    for l in range(1, lmax + 1):
+        torch.mul(hid[:, _rows(l)], gates[:, l - 1 : l], out=g[:, _rows(l)])
+    return g
+
+
+class _LeanConv1(torch.autograd.Function):
+    """``(hid, x0)``: conv1 of the rotated source and target features (+ m = 0 bias) and the gate input.
+
+    ``hid = so2_linear(D x[src], W_s, mod_s) + so2_linear(D x[dst], W_t, mod_t) + bias``;
+    ``x0 = flatten(cat(a_0, b_0) * mod_0)``.  Saves only its inputs.
+    """
+
+    @staticmethod
+    def forward(ctx, x, wigner, mod, w_s, w_t, bias, src, dst, lmax, mmax, hidden, backend):
+        c, e, l0 = x.shape[2], wigner.shape[0], lmax + 1
+        m0 = _m0_index(lmax, x.device)
+        hid, x0 = None, []
+        with use_backend(backend):
+            for w, idx, cs in ((w_s, src, slice(0, c)), (w_t, dst, slice(c, 2 * c))):
+                m = mod[:, :, cs]
+                a = rotate(x, wigner, lmax, index=idx)
+                if lmax > 0:
+                    x0.append(a.index_select(1, m0) * m[:, :l0])
+                y = so2_linear(a, w, lmax, mmax, hidden, m)
+                del a
+                hid = y if hid is None else hid.add_(y)
+                del y
+            _add_m0_bias(hid, bias, lmax)
+        x0 = torch.cat(x0, dim=2).reshape(e, -1) if lmax > 0 else hid.new_zeros(e, 0)
+        ctx.save_for_backward(x, wigner, mod, w_s, w_t, src, dst)
+        ctx.args = (lmax, mmax, hidden, backend)
+        return hid, x0
+
+    @staticmethod
+    def backward(ctx, g_hid, g_x0):
+        x, wigner, mod, w_s, w_t, src, dst = ctx.saved_tensors
+        lmax, mmax, hidden, backend = ctx.args
+        nx, nwig, nmod, nws, nwt, nb = ctx.needs_input_grad[:6]
+        c, e, l0 = x.shape[2], wigner.shape[0], lmax + 1
+        grad_mode = torch.is_grad_enabled()
+        need_a = nx or nwig
+        gx = gwig = gb = None
+        gw, gms = [None, None], []
+        with use_backend(backend):
+            m0 = _m0_index(lmax, x.device)
+            g_hid = g_hid.contiguous()
+            g_x0 = g_x0.reshape(e, l0, 2 * c) if lmax > 0 else None
+            if nb:
+                gb = _m0_sum(g_hid, lmax)
+            for i, (w, idx, cs, nw) in enumerate(((w_s, src, slice(0, c), nws), (w_t, dst, slice(c, 2 * c), nwt))):
+                m = mod[:, :, cs].contiguous()
+                idx = idx.contiguous()
+                a = rotate(x, wigner, lmax, index=idx)  # recomputed (cheap), instead of saved
+                ga, gwi, gm = _ops.so2_linear_backward(g_hid, a, w, m, lmax, mmax, hidden, need_a, nw, nmod)
+                if g_x0 is not None:
+                    gx0 = g_x0[:, :, cs]
+                    if need_a:
+                        v = gx0 * m[:, :l0]
+                        ga = ga.index_add(1, m0, v) if grad_mode else ga.index_add_(1, m0, v)
+                    if nmod:
+                        v = gx0 * a.index_select(1, m0)
+                        if grad_mode:
+                            gm = torch.cat((gm[:, :l0] + v, gm[:, l0:]), dim=1)
+                        else:
+                            gm[:, :l0].add_(v)
+                del a
+                if need_a:
+                    gxi, gwigi = _ops.rotate_backward(ga.contiguous(), x, wigner, lmax, idx, False, nx, nwig)
+                    del ga
+                    if nx:
+                        gx = gxi if gx is None else gx + gxi
+                    if nwig:
+                        gwig = gwigi if gwig is None else gwig + gwigi
+                gw[i] = gwi if nw else None
+                if nmod:
+                    gms.append(gm)
+        gmod = torch.cat(gms, dim=2) if nmod else None
+        return gx, gwig, gmod, gw[0], gw[1], gb, None, None, None, None, None, None
+
+
+class _LeanConv2(torch.autograd.Function):
+    """``out[t] += env * D^T (conv2(gate(hid, gates)) + bias)``, saving ``hid`` and ``gates`` only."""
+
+    @staticmethod
+    def forward(ctx, hid, gates, w2, b2, wigner, env, dst, num_nodes, lmax, mmax, channels, backend):
+        with use_backend(backend):
+            g = _gate_apply(hid, gates, lmax)
+            y = so2_linear(g, w2, lmax, mmax, channels)
+            del g
+            _add_m0_bias(y, b2, lmax)
+            if env is not None:
+                y.mul_(env.view(-1, 1, 1))
+            msg = rotate(y, wigner, lmax, inverse=True)
+            del y
+            out = msg.new_zeros(num_nodes, msg.shape[1], channels).index_add_(0, dst, msg)
+        ctx.save_for_backward(hid, gates, w2, b2, wigner, env, dst)
+        ctx.args = (lmax, mmax, channels, backend)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        hid, gates, w2, b2, wigner, env, dst = ctx.saved_tensors
+        lmax, mmax, channels, backend = ctx.args
+        nh, ngates, nw2, nb2, nwig, nenv = ctx.needs_input_grad[:6]
+        nenv = nenv and env is not None
+        grad_mode = torch.is_grad_enabled()
+        gwig = genv = gb2 = ggates = None
+        with use_backend(backend):
+            g_out = g_out.contiguous()
+            dst = dst.contiguous()
+            # d out / d msg is a gather at the targets; d msg / d y is D (fused gather + rotate)
+            g_y = rotate(g_out, wigner, lmax, index=dst)
+            g = _gate_apply(hid, gates, lmax)  # recomputed (elementwise), instead of saved
+            if nwig or nenv:
+                y = _add_m0_bias(so2_linear(g, w2, lmax, mmax, channels), b2, lmax)
+                if nenv:
+                    genv = (g_y * y).sum(dim=(1, 2))
+                if nwig:
+                    yenv = y if env is None else y * env.view(-1, 1, 1)
+                    gwig = _ops.rotate_backward(yenv.contiguous(), g_out, wigner, lmax, dst, False, False, True)[1]
+                    del yenv
+                del y
+            if env is not None:
+                g_y = g_y * env.view(-1, 1, 1) if grad_mode else g_y.mul_(env.view(-1, 1, 1))
+            if nb2 and b2 is not None:
+                gb2 = _m0_sum(g_y, lmax)
+            need_g = nh or ngates
+            gg, gw2, _ = _ops.so2_linear_backward(g_y.contiguous(), g, w2, None, lmax, mmax, channels,
+                                                  need_g, nw2, False)
+            del g, g_y
+            ghid = None
+            if need_g:
+                # gate backward: silu' on row (0, 0), the gate on degree l >= 1 rows
+                if ngates and gates is not None:
+                    ggates = torch.stack([(gg[:, _rows(l)] * hid[:, _rows(l)]).sum(1) for l in range(1, lmax + 1)],
+                                         dim=1)
+                h0 = hid[:, :1]
+                s = torch.sigmoid(h0)
+                dsilu = s * (1 + h0 * (1 - s))
+                if grad_mode:
+                    parts = [gg[:, :1] * dsilu]
+                    if gates is not None:
+                        parts += [gg[:, _rows(l)] * gates[:, l - 1 : l] for l in range(1, lmax + 1)]
+                    ghid = torch.cat(parts, dim=1)
+                else:
+                    gg[:, :1].mul_(dsilu)
+                    if gates is not None:
+                        for l in range(1, lmax + 1):
+                            gg[:, _rows(l)].mul_(gates[:, l - 1 : l])
+                    ghid = gg
+                if not nh:
+                    ghid = None
+        return (ghid, ggates, gw2 if nw2 else None, gb2, gwig, genv) + (None,) * 6
 
 
 class SO2EdgeLinear(nn.Module):
@@ -149,6 +350,18 @@ class SO2EdgewiseBlock(nn.Module):
             of recomputing the block's forward during backward (one extra
             forward pass of the block per training step) and one ``index_add_``
             per chunk.  Results equal the unchunked ones up to summation order.
+        lean: (default) keep only ``conv1``'s output, the gates and the
+            modulation for the backward (about ``K H + 2 NM C`` numbers per
+            edge instead of ``K (4 C + 3 H)``): the block is split at conv1's
+            output into two autograd Functions; the rotations of ``x[src]``,
+            ``x[dst]`` and the gated features are recomputed in the backward
+            (cheap: no SO(2) layer is recomputed unless the Wigner blocks or
+            the envelope need gradients, which recompute ``conv2``'s output),
+            the gates multiply per degree (no ``[E, K-1, H]`` expansion) and the
+            biases go to the ``m = 0`` rows in place.  Same values and
+            gradients as ``lean=False`` (the composition of differentiable
+            ops) up to rounding; double backward works.  With ``edge_chunk``
+            the lean path runs inside each checkpointed chunk.
     Shapes:
         ``forward(x[N, K, C], edge_index[2, E], wigner[E, wigner_size(lmax)],
         edge_attr[E, edge_attr_dim], envelope[E] or [E, 1] or None) -> [N, K, C]``:
@@ -156,11 +369,12 @@ class SO2EdgewiseBlock(nn.Module):
     """
 
     def __init__(self, lmax: int, mmax: int, sphere_channels: int, hidden_channels: int,
-                 edge_channels_list: Sequence[int], edge_chunk: Optional[int] = None):
+                 edge_channels_list: Sequence[int], edge_chunk: Optional[int] = None, lean: bool = True):
         super().__init__()
         self.lmax, self.mmax = lmax, mmax
         self.sphere_channels, self.hidden_channels = sphere_channels, hidden_channels
         self.edge_chunk = edge_chunk
+        self.lean = bool(lean)
         c, h, l0 = sphere_channels, hidden_channels, lmax + 1
         self.radial = RadialMLP(list(edge_channels_list) + [num_mod(lmax, mmax) * 2 * c])
         ws = weight_size(lmax, mmax, c, h)
@@ -205,10 +419,28 @@ class SO2EdgewiseBlock(nn.Module):
             y = y * envelope.reshape(e, 1, 1)
         return rotate(y, wigner, lmax, inverse=True)
 
+    def summed_messages(self, x: torch.Tensor, wigner: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                        edge_attr: torch.Tensor, envelope: Optional[torch.Tensor]) -> torch.Tensor:
+        """The messages summed at their targets, ``[N, K, C]`` (lean or plain path, see ``lean``)."""
+        if not self.lean:
+            msg = self.edge_messages(x, wigner, src, dst, edge_attr, envelope)
+            return x.new_zeros(x.shape[0], x.shape[1], self.sphere_channels).index_add_(0, dst, msg)
+        lmax, mmax, c, h = self.lmax, self.mmax, self.sphere_channels, self.hidden_channels
+        e = wigner.shape[0]
+        backend = current_backend()
+        mod = self.radial(edge_attr).view(e, num_mod(lmax, mmax), 2 * c)
+        hid, x0 = _LeanConv1.apply(x, wigner, mod, self.weight1_source, self.weight1_target, self.bias1,
+                                   src, dst, lmax, mmax, h, backend)
+        gates = None
+        if self.gate_linear is not None:
+            gates = torch.sigmoid(self.gate_linear(x0)).view(e, lmax, h)
+        return _LeanConv2.apply(hid, gates, self.conv2.weight, self.conv2.bias, wigner, envelope, dst,
+                                x.shape[0], lmax, mmax, c, backend)
+
     def _chunk(self, backend, *args):
         # checkpoint recomputes on the autograd thread: keep the forward's backend choice
         with use_backend(backend):
-            return self.edge_messages(*args)
+            return self.summed_messages(*args) if self.lean else self.edge_messages(*args)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, wigner: torch.Tensor, edge_attr: torch.Tensor,
                 envelope: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -218,18 +450,20 @@ class SO2EdgewiseBlock(nn.Module):
             envelope = envelope.reshape(e)
         chunk = self.edge_chunk
         if chunk is None or e <= chunk:
-            msg = self.edge_messages(x, wigner, src, dst, edge_attr, envelope)
-            return x.new_zeros(x.shape[0], x.shape[1], self.sphere_channels).index_add_(0, dst, msg)
+            return self.summed_messages(x, wigner, src, dst, edge_attr, envelope)
         out = x.new_zeros(x.shape[0], x.shape[1], self.sphere_channels)
         backend = current_backend()
         for s in range(0, e, chunk):
             sl = slice(s, min(s + chunk, e))
             env = None if envelope is None else envelope[sl]
-            msg = checkpoint(self._chunk, backend, x, wigner[sl], src[sl], dst[sl], edge_attr[sl], env,
-                             use_reentrant=False)
-            out.index_add_(0, dst[sl], msg)
+            part = checkpoint(self._chunk, backend, x, wigner[sl], src[sl], dst[sl], edge_attr[sl], env,
+                              use_reentrant=False)
+            if self.lean:  # summed at the targets already
+                out.add_(part)
+            else:
+                out.index_add_(0, dst[sl], part)
         return out
 
     def extra_repr(self) -> str:
         return (f"lmax={self.lmax}, mmax={self.mmax}, sphere_channels={self.sphere_channels}, "
-                f"hidden_channels={self.hidden_channels}, edge_chunk={self.edge_chunk}")
+                f"hidden_channels={self.hidden_channels}, edge_chunk={self.edge_chunk}, lean={self.lean}")
