@@ -13,6 +13,7 @@ import torch
 import so2ops
 from so2ops.dispatch import runnable
 from so2ops.nn import EdgeDegreeEmbedding, SO2EdgeLinear, SO2EdgewiseBlock
+from so2ops.nn import edgewise as edgewise_module
 
 from _helpers import assert_close
 
@@ -198,11 +199,15 @@ def _lean_pair(lmax, mmax, c, h, dtype, seed, chunk=None):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("lmax,mmax,chunk", [(3, 2, None), (2, 2, None), (4, 1, None), (0, 0, None), (3, 2, 5)])
-def test_lean_equals_plain(lmax, mmax, chunk, dtype):
+@pytest.mark.parametrize("lmax,mmax,chunk,lean_slice", [(3, 2, None, None), (2, 2, None, None), (4, 1, None, None),
+                                                        (0, 0, None, None), (3, 2, 5, None), (3, 2, None, 6),
+                                                        (0, 0, None, 6), (4, 2, 11, 4)])
+def test_lean_equals_plain(lmax, mmax, chunk, lean_slice, dtype, monkeypatch):
     """lean (default) == lean=False: output and every gradient (x, edge_attr, pos via the Wigner blocks,
-    envelope, every parameter)."""
+    envelope, every parameter); ``lean_slice``: the lean Functions work through the edges in slices."""
     assert SO2EdgewiseBlock(2, 2, 2, 2, [EDGE_ATTR, 6]).lean  # the default
+    if lean_slice is not None:
+        monkeypatch.setattr(edgewise_module, "LEAN_SLICE", lean_slice)
     c, h = 3, 4
     plain, lean, gen = _lean_pair(lmax, mmax, c, h, dtype, 21 + lmax, chunk)
     pos, ei, x, ea, env = _inputs(lmax, c, 7, dtype, gen)

@@ -107,79 +107,134 @@ def _gate_apply(hid: torch.Tensor, gates: Optional[torch.Tensor], lmax: int) -> 
     return g
 
 
+#: Edges per slice inside the lean Functions (their forwards, and their backwards without
+#: ``create_graph``): the ``[E, K, *]`` temporaries (rotated features and their gradients, gated
+#: features, conv2's output and its gradient) exist for one slice at a time.  Nothing is recomputed
+#: for this, it only bounds the workspace; ``create_graph`` backwards run as one slice.
+LEAN_SLICE = 2048
+
+
+def _slices(e: int, whole: bool = False) -> list:
+    if whole or e <= LEAN_SLICE:
+        return [slice(0, e)]
+    return [slice(s, min(s + LEAN_SLICE, e)) for s in range(0, e, LEAN_SLICE)]
+
+
+class _Rows:
+    """Per-slice results along dim 0: one slice's tensor as is (it keeps its autograd history under
+    ``create_graph``), several written into one preallocated tensor (no concatenation copy)."""
+
+    def __init__(self, slices: list, total: int):
+        self.single, self.total, self.t = len(slices) == 1, total, None
+
+    def put(self, sl: slice, v: torch.Tensor) -> None:
+        if self.single:
+            self.t = v
+            return
+        if self.t is None:
+            self.t = v.new_empty((self.total,) + tuple(v.shape[1:]))
+        self.t[sl] = v
+
+    def add(self, sl: slice, v: torch.Tensor) -> None:
+        if self.single:
+            self.t = v if self.t is None else self.t + v
+            return
+        if self.t is None:
+            self.t = v.new_zeros((self.total,) + tuple(v.shape[1:]))
+        self.t[sl] += v
+
+
+def _acc(acc: Optional[torch.Tensor], v: torch.Tensor, grad_mode: bool) -> torch.Tensor:
+    if acc is None:
+        return v
+    return acc + v if grad_mode else acc.add_(v)
+
+
 class _LeanConv1(torch.autograd.Function):
     """``(hid, x0)``: conv1 of the rotated source and target features (+ m = 0 bias) and the gate input.
 
     ``hid = so2_linear(D x[src], W_s, mod_s) + so2_linear(D x[dst], W_t, mod_t) + bias``;
-    ``x0 = flatten(cat(a_0, b_0) * mod_0)``.  Saves only its inputs.
+    ``x0 = flatten(cat(a_0 * mod_s0, b_0 * mod_t0))``.  Saves only its inputs; the backward
+    recomputes the rotations (per edge slice).
     """
 
     @staticmethod
-    def forward(ctx, x, wigner, mod, w_s, w_t, bias, src, dst, lmax, mmax, hidden, backend):
-        c, e, l0 = x.shape[2], wigner.shape[0], lmax + 1
+    def forward(ctx, x, wigner, mod_s, mod_t, w_s, w_t, bias, src, dst, lmax, mmax, hidden, backend):
+        e, k, c, l0 = wigner.shape[0], x.shape[1], x.shape[2], lmax + 1
         m0 = _m0_index(lmax, x.device)
-        hid, x0 = None, []
+        hid = x.new_empty(e, k, hidden)
+        x0 = x.new_empty(e, l0 * 2 * c if lmax > 0 else 0)
+        x0v = x0.view(e, l0, 2 * c) if lmax > 0 else None
         with use_backend(backend):
-            for w, idx, cs in ((w_s, src, slice(0, c)), (w_t, dst, slice(c, 2 * c))):
-                m = mod[:, :, cs]
-                a = rotate(x, wigner, lmax, index=idx)
-                if lmax > 0:
-                    x0.append(a.index_select(1, m0) * m[:, :l0])
-                y = so2_linear(a, w, lmax, mmax, hidden, m)
-                del a
-                hid = y if hid is None else hid.add_(y)
-                del y
+            for sl in _slices(e):
+                for j, (w, idx, m) in enumerate(((w_s, src, mod_s), (w_t, dst, mod_t))):
+                    a = rotate(x, wigner[sl], lmax, index=idx[sl])
+                    if x0v is not None:
+                        torch.mul(a.index_select(1, m0), m[sl, :l0], out=x0v[sl, :, j * c : (j + 1) * c])
+                    y = so2_linear(a, w, lmax, mmax, hidden, m[sl])
+                    del a
+                    if j == 0:
+                        hid[sl] = y
+                    else:
+                        hid[sl] += y
+                    del y
             _add_m0_bias(hid, bias, lmax)
-        x0 = torch.cat(x0, dim=2).reshape(e, -1) if lmax > 0 else hid.new_zeros(e, 0)
-        ctx.save_for_backward(x, wigner, mod, w_s, w_t, src, dst)
+        ctx.save_for_backward(x, wigner, mod_s, mod_t, w_s, w_t, src, dst)
         ctx.args = (lmax, mmax, hidden, backend)
         return hid, x0
 
     @staticmethod
     def backward(ctx, g_hid, g_x0):
-        x, wigner, mod, w_s, w_t, src, dst = ctx.saved_tensors
+        x, wigner, mod_s, mod_t, w_s, w_t, src, dst = ctx.saved_tensors
         lmax, mmax, hidden, backend = ctx.args
-        nx, nwig, nmod, nws, nwt, nb = ctx.needs_input_grad[:6]
+        nx, nwig, nms, nmt, nws, nwt, nb = ctx.needs_input_grad[:7]
         c, e, l0 = x.shape[2], wigner.shape[0], lmax + 1
         grad_mode = torch.is_grad_enabled()
         need_a = nx or nwig
-        gx = gwig = gb = None
-        gw, gms = [None, None], []
+        slices = _slices(e, whole=grad_mode)
+        gx = gb = None
+        gwig = _Rows(slices, e)
+        gw, gm = [None, None], [None, None]
         with use_backend(backend):
             m0 = _m0_index(lmax, x.device)
             g_hid = g_hid.contiguous()
             g_x0 = g_x0.reshape(e, l0, 2 * c) if lmax > 0 else None
             if nb:
                 gb = _m0_sum(g_hid, lmax)
-            for i, (w, idx, cs, nw) in enumerate(((w_s, src, slice(0, c), nws), (w_t, dst, slice(c, 2 * c), nwt))):
-                m = mod[:, :, cs].contiguous()
-                idx = idx.contiguous()
-                a = rotate(x, wigner, lmax, index=idx)  # recomputed (cheap), instead of saved
-                ga, gwi, gm = _ops.so2_linear_backward(g_hid, a, w, m, lmax, mmax, hidden, need_a, nw, nmod)
-                if g_x0 is not None:
-                    gx0 = g_x0[:, :, cs]
+            sides = ((w_s, src, mod_s, slice(0, c), nws, nms), (w_t, dst, mod_t, slice(c, 2 * c), nwt, nmt))
+            for i, (w, idx, m, cs, nw, nm) in enumerate(sides):
+                if not (need_a or nw or nm):
+                    continue
+                gmod = _Rows(slices, e)
+                for sl in slices:
+                    ii, ms, ws = idx[sl].contiguous(), m[sl], wigner[sl]
+                    a = rotate(x, ws, lmax, index=ii)  # recomputed (cheap), instead of saved
+                    ga, gwi, gmi = _ops.so2_linear_backward(g_hid[sl], a, w, ms, lmax, mmax, hidden, need_a, nw, nm)
+                    if g_x0 is not None:
+                        gx0 = g_x0[sl, :, cs]
+                        if need_a:
+                            v = gx0 * ms[:, :l0]
+                            ga = ga.index_add(1, m0, v) if grad_mode else ga.index_add_(1, m0, v)
+                        if nm:
+                            v = gx0 * a.index_select(1, m0)
+                            if grad_mode:
+                                gmi = torch.cat((gmi[:, :l0] + v, gmi[:, l0:]), dim=1)
+                            else:
+                                gmi[:, :l0].add_(v)
+                    del a
                     if need_a:
-                        v = gx0 * m[:, :l0]
-                        ga = ga.index_add(1, m0, v) if grad_mode else ga.index_add_(1, m0, v)
-                    if nmod:
-                        v = gx0 * a.index_select(1, m0)
-                        if grad_mode:
-                            gm = torch.cat((gm[:, :l0] + v, gm[:, l0:]), dim=1)
-                        else:
-                            gm[:, :l0].add_(v)
-                del a
-                if need_a:
-                    gxi, gwigi = _ops.rotate_backward(ga.contiguous(), x, wigner, lmax, idx, False, nx, nwig)
-                    del ga
-                    if nx:
-                        gx = gxi if gx is None else gx + gxi
-                    if nwig:
-                        gwig = gwigi if gwig is None else gwig + gwigi
-                gw[i] = gwi if nw else None
-                if nmod:
-                    gms.append(gm)
-        gmod = torch.cat(gms, dim=2) if nmod else None
-        return gx, gwig, gmod, gw[0], gw[1], gb, None, None, None, None, None, None
+                        gxi, gwigi = _ops.rotate_backward(ga.contiguous(), x, ws, lmax, ii, False, nx, nwig)
+                        del ga
+                        if nx:
+                            gx = _acc(gx, gxi, grad_mode)
+                        if nwig:
+                            gwig.add(sl, gwigi)
+                    if nw:
+                        gw[i] = _acc(gw[i], gwi, grad_mode)
+                    if nm:
+                        gmod.put(sl, gmi)
+                gm[i] = gmod.t if nm else None
+        return (gx, gwig.t if nwig else None, gm[0], gm[1], gw[0], gw[1], gb) + (None,) * 6
 
 
 class _LeanConv2(torch.autograd.Function):
@@ -187,16 +242,20 @@ class _LeanConv2(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hid, gates, w2, b2, wigner, env, dst, num_nodes, lmax, mmax, channels, backend):
+        e = wigner.shape[0]
+        out = hid.new_zeros(num_nodes, hid.shape[1], channels)
         with use_backend(backend):
-            g = _gate_apply(hid, gates, lmax)
-            y = so2_linear(g, w2, lmax, mmax, channels)
-            del g
-            _add_m0_bias(y, b2, lmax)
-            if env is not None:
-                y.mul_(env.view(-1, 1, 1))
-            msg = rotate(y, wigner, lmax, inverse=True)
-            del y
-            out = msg.new_zeros(num_nodes, msg.shape[1], channels).index_add_(0, dst, msg)
+            for sl in _slices(e):
+                g = _gate_apply(hid[sl], None if gates is None else gates[sl], lmax)
+                y = so2_linear(g, w2, lmax, mmax, channels)
+                del g
+                _add_m0_bias(y, b2, lmax)
+                if env is not None:
+                    y.mul_(env[sl].view(-1, 1, 1))
+                msg = rotate(y, wigner[sl], lmax, inverse=True)
+                del y
+                out.index_add_(0, dst[sl], msg)
+                del msg
         ctx.save_for_backward(hid, gates, w2, b2, wigner, env, dst)
         ctx.args = (lmax, mmax, channels, backend)
         return out
@@ -207,54 +266,64 @@ class _LeanConv2(torch.autograd.Function):
         lmax, mmax, channels, backend = ctx.args
         nh, ngates, nw2, nb2, nwig, nenv = ctx.needs_input_grad[:6]
         nenv = nenv and env is not None
+        nb2 = nb2 and b2 is not None
+        ngates = ngates and gates is not None
         grad_mode = torch.is_grad_enabled()
-        gwig = genv = gb2 = ggates = None
+        e = wigner.shape[0]
+        slices = _slices(e, whole=grad_mode)
+        ghid, ggates, genv, gwig = (_Rows(slices, e) for _ in range(4))
+        gw2 = gb2 = None
+        need_g = nh or ngates
         with use_backend(backend):
             g_out = g_out.contiguous()
-            dst = dst.contiguous()
-            # d out / d msg is a gather at the targets; d msg / d y is D (fused gather + rotate)
-            g_y = rotate(g_out, wigner, lmax, index=dst)
-            g = _gate_apply(hid, gates, lmax)  # recomputed (elementwise), instead of saved
-            if nwig or nenv:
-                y = _add_m0_bias(so2_linear(g, w2, lmax, mmax, channels), b2, lmax)
-                if nenv:
-                    genv = (g_y * y).sum(dim=(1, 2))
-                if nwig:
-                    yenv = y if env is None else y * env.view(-1, 1, 1)
-                    gwig = _ops.rotate_backward(yenv.contiguous(), g_out, wigner, lmax, dst, False, False, True)[1]
-                    del yenv
-                del y
-            if env is not None:
-                g_y = g_y * env.view(-1, 1, 1) if grad_mode else g_y.mul_(env.view(-1, 1, 1))
-            if nb2 and b2 is not None:
-                gb2 = _m0_sum(g_y, lmax)
-            need_g = nh or ngates
-            gg, gw2, _ = _ops.so2_linear_backward(g_y.contiguous(), g, w2, None, lmax, mmax, channels,
-                                                  need_g, nw2, False)
-            del g, g_y
-            ghid = None
-            if need_g:
-                # gate backward: silu' on row (0, 0), the gate on degree l >= 1 rows
-                if ngates and gates is not None:
-                    ggates = torch.stack([(gg[:, _rows(l)] * hid[:, _rows(l)]).sum(1) for l in range(1, lmax + 1)],
-                                         dim=1)
-                h0 = hid[:, :1]
-                s = torch.sigmoid(h0)
-                dsilu = s * (1 + h0 * (1 - s))
-                if grad_mode:
-                    parts = [gg[:, :1] * dsilu]
-                    if gates is not None:
-                        parts += [gg[:, _rows(l)] * gates[:, l - 1 : l] for l in range(1, lmax + 1)]
-                    ghid = torch.cat(parts, dim=1)
-                else:
-                    gg[:, :1].mul_(dsilu)
-                    if gates is not None:
-                        for l in range(1, lmax + 1):
-                            gg[:, _rows(l)].mul_(gates[:, l - 1 : l])
-                    ghid = gg
-                if not nh:
-                    ghid = None
-        return (ghid, ggates, gw2 if nw2 else None, gb2, gwig, genv) + (None,) * 6
+            for sl in slices:
+                hs, ws, ds = hid[sl], wigner[sl], dst[sl].contiguous()
+                gs = None if gates is None else gates[sl]
+                es = None if env is None else env[sl].view(-1, 1, 1)
+                # d out / d msg is a gather at the targets; d msg / d y is D (fused gather + rotate)
+                g_y = rotate(g_out, ws, lmax, index=ds)
+                g = _gate_apply(hs, gs, lmax)  # recomputed (elementwise), instead of saved
+                if nwig or nenv:
+                    y = _add_m0_bias(so2_linear(g, w2, lmax, mmax, channels), b2, lmax)
+                    if nenv:
+                        genv.put(sl, (g_y * y).sum(dim=(1, 2)))
+                    if nwig:
+                        yenv = y if es is None else y * es
+                        gwig.put(sl, _ops.rotate_backward(yenv.contiguous(), g_out, ws, lmax, ds, False, False, True)[1])
+                        del yenv
+                    del y
+                if es is not None:
+                    g_y = g_y * es if grad_mode else g_y.mul_(es)
+                if nb2:
+                    gb2 = _acc(gb2, _m0_sum(g_y, lmax), grad_mode)
+                gg, gw2i, _ = _ops.so2_linear_backward(g_y.contiguous(), g, w2, None, lmax, mmax, channels,
+                                                       need_g, nw2, False)
+                del g, g_y
+                if nw2:
+                    gw2 = _acc(gw2, gw2i, grad_mode)
+                if need_g:
+                    # gate backward: silu' on row (0, 0), the gate on degree l >= 1 rows
+                    if ngates:
+                        ggates.put(sl, torch.stack([(gg[:, _rows(l)] * hs[:, _rows(l)]).sum(1)
+                                                    for l in range(1, lmax + 1)], dim=1))
+                    h0 = hs[:, :1]
+                    sg = torch.sigmoid(h0)
+                    dsilu = sg * (1 + h0 * (1 - sg))
+                    if grad_mode:
+                        parts = [gg[:, :1] * dsilu]
+                        if gs is not None:
+                            parts += [gg[:, _rows(l)] * gs[:, l - 1 : l] for l in range(1, lmax + 1)]
+                        gg = torch.cat(parts, dim=1)
+                    else:
+                        gg[:, :1].mul_(dsilu)
+                        if gs is not None:
+                            for l in range(1, lmax + 1):
+                                gg[:, _rows(l)].mul_(gs[:, l - 1 : l])
+                    if nh:
+                        ghid.put(sl, gg)
+                    del gg
+        return (ghid.t if nh else None, ggates.t if ngates else None, gw2 if nw2 else None, gb2,
+                gwig.t if nwig else None, genv.t if nenv else None) + (None,) * 6
 
 
 class SO2EdgeLinear(nn.Module):
@@ -428,8 +497,17 @@ class SO2EdgewiseBlock(nn.Module):
         lmax, mmax, c, h = self.lmax, self.mmax, self.sphere_channels, self.hidden_channels
         e = wigner.shape[0]
         backend = current_backend()
-        mod = self.radial(edge_attr).view(e, num_mod(lmax, mmax), 2 * c)
-        hid, x0 = _LeanConv1.apply(x, wigner, mod, self.weight1_source, self.weight1_target, self.bias1,
+        # the radial MLP's last layer split by input half: contiguous [E, NM, C] modulations, no copies
+        nm = num_mod(lmax, mmax)
+        *body, last = list(self.radial)
+        feat = edge_attr
+        for layer in body:
+            feat = layer(feat)
+        rows = torch.arange(nm * 2 * c, device=edge_attr.device).view(nm, 2, c)
+        mods = [torch.nn.functional.linear(feat, last.weight.index_select(0, r.reshape(-1)),
+                                           last.bias.index_select(0, r.reshape(-1))).view(e, nm, c)
+                for r in (rows[:, 0], rows[:, 1])]
+        hid, x0 = _LeanConv1.apply(x, wigner, mods[0], mods[1], self.weight1_source, self.weight1_target, self.bias1,
                                    src, dst, lmax, mmax, h, backend)
         gates = None
         if self.gate_linear is not None:
