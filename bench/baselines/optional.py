@@ -7,10 +7,10 @@
   any construction error is reported as the row's skip reason instead of
   failing the run.
 
-FAIR-Chem's eSCN/UMA SO(2) convolution is reproduced by ``escn_dense`` (same
-algorithm: dense Wigner bmm, per-m Linear, index_add); calling FAIR-Chem's own
-module needs its rotation and coefficient-mapping objects, version-specific
-glue that is not worth a hard dependency.
+FAIR-Chem's own general edgewise path (its ``SO2_Convolution`` between
+Wigner ``bmm``s) is ``fairchem_general``, timed by the ``edgewise`` entry when
+``fairchem-core`` is installed; ``escn_dense`` is the same algorithm written
+out in plain PyTorch (no dependency).
 """
 from __future__ import annotations
 
