@@ -277,20 +277,20 @@ def saved_bytes(module, *args) -> int:
 
 
 def test_lean_saved_bytes():
-    """The lean block keeps about K H + NM 2C numbers per edge for the backward (plus inputs and parameters);
-    the plain composition keeps about K (4 C + 3 H): it does not fit the lean bound."""
+    """The lean block keeps about K H + (lmax+1) 2C numbers per edge for the backward (conv1's output and
+    the gate input; plus inputs, parameters and the small radial activations); the plain composition keeps
+    about K (4 C + 3 H) + NM 2C: it does not fit the lean bound."""
     lmax, mmax, c, h, n = 3, 2, 16, 16, 12
     dtype = torch.float32
     plain, lean, gen = _lean_pair(lmax, mmax, c, h, dtype, 41)
     pos, ei, x, ea, env = _inputs(lmax, c, n, dtype, gen)
-    e, k, nm, l0 = ei.shape[1], (lmax + 1) ** 2, so2ops.num_mod(lmax, mmax), lmax + 1
+    e, k, l0 = ei.shape[1], (lmax + 1) ** 2, lmax + 1
     x = x.requires_grad_()
     ea = ea.requires_grad_()
     w = so2ops.edge_wigner(pos[ei[1]] - pos[ei[0]], lmax)
     params = sum(p.numel() for p in lean.parameters())
     hidden_mlp = 6
     per_edge = (k * h              # conv1's output
-                + nm * 2 * c       # the modulation
                 + l0 * 2 * c       # the gate input (gate_linear's saved input)
                 + 2 * lmax * h     # the gates (sigmoid output, and the Function's input)
                 + so2ops.wigner_size(lmax) + 1 + 2  # Wigner, envelope, indices (int64 = 2 x float32)

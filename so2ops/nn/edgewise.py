@@ -150,78 +150,93 @@ def _acc(acc: Optional[torch.Tensor], v: torch.Tensor, grad_mode: bool) -> torch
     return acc + v if grad_mode else acc.add_(v)
 
 
+def _half_rows(nm: int, c: int, device) -> tuple:
+    """Output rows of the radial MLP's last layer (``[E, NM * 2C]`` viewed ``[E, NM, 2C]``) per input half."""
+    rows = torch.arange(nm * 2 * c, device=device).view(nm, 2, c)
+    return rows[:, 0].reshape(-1), rows[:, 1].reshape(-1)
+
+
 class _LeanConv1(torch.autograd.Function):
     """``(hid, x0)``: conv1 of the rotated source and target features (+ m = 0 bias) and the gate input.
 
+    ``mod = feat @ w_last^T + b_last`` (the radial MLP's last layer), split per input half ``s``/``t``;
     ``hid = so2_linear(D x[src], W_s, mod_s) + so2_linear(D x[dst], W_t, mod_t) + bias``;
     ``x0 = flatten(cat(a_0 * mod_s0, b_0 * mod_t0))``.  Saves only its inputs; the backward
-    recomputes the rotations (per edge slice).
+    recomputes the rotations and the modulation (per edge slice).
     """
 
     @staticmethod
-    def forward(ctx, x, wigner, mod_s, mod_t, w_s, w_t, bias, src, dst, lmax, mmax, hidden, backend):
+    def forward(ctx, x, wigner, feat, w_last, b_last, w_s, w_t, bias, src, dst, lmax, mmax, hidden, backend):
         e, k, c, l0 = wigner.shape[0], x.shape[1], x.shape[2], lmax + 1
+        nm = num_mod(lmax, mmax)
         m0 = _m0_index(lmax, x.device)
+        halves = [(w_last.index_select(0, r), b_last.index_select(0, r)) for r in _half_rows(nm, c, x.device)]
         hid = x.new_empty(e, k, hidden)
         x0 = x.new_empty(e, l0 * 2 * c if lmax > 0 else 0)
         x0v = x0.view(e, l0, 2 * c) if lmax > 0 else None
         with use_backend(backend):
             for sl in _slices(e):
-                for j, (w, idx, m) in enumerate(((w_s, src, mod_s), (w_t, dst, mod_t))):
+                for j, (w, idx, (wl, bl)) in enumerate(((w_s, src, halves[0]), (w_t, dst, halves[1]))):
+                    m = torch.nn.functional.linear(feat[sl], wl, bl).view(-1, nm, c)
                     a = rotate(x, wigner[sl], lmax, index=idx[sl])
                     if x0v is not None:
-                        torch.mul(a.index_select(1, m0), m[sl, :l0], out=x0v[sl, :, j * c : (j + 1) * c])
-                    y = so2_linear(a, w, lmax, mmax, hidden, m[sl])
-                    del a
+                        torch.mul(a.index_select(1, m0), m[:, :l0], out=x0v[sl, :, j * c : (j + 1) * c])
+                    y = so2_linear(a, w, lmax, mmax, hidden, m)
+                    del a, m
                     if j == 0:
                         hid[sl] = y
                     else:
                         hid[sl] += y
                     del y
             _add_m0_bias(hid, bias, lmax)
-        ctx.save_for_backward(x, wigner, mod_s, mod_t, w_s, w_t, src, dst)
+        ctx.save_for_backward(x, wigner, feat, w_last, b_last, w_s, w_t, src, dst)
         ctx.args = (lmax, mmax, hidden, backend)
         return hid, x0
 
     @staticmethod
     def backward(ctx, g_hid, g_x0):
-        x, wigner, mod_s, mod_t, w_s, w_t, src, dst = ctx.saved_tensors
+        x, wigner, feat, w_last, b_last, w_s, w_t, src, dst = ctx.saved_tensors
         lmax, mmax, hidden, backend = ctx.args
-        nx, nwig, nms, nmt, nws, nwt, nb = ctx.needs_input_grad[:7]
+        nx, nwig, nfeat, nwl, nbl, nws, nwt, nb = ctx.needs_input_grad[:8]
         c, e, l0 = x.shape[2], wigner.shape[0], lmax + 1
+        nm_rows = num_mod(lmax, mmax)
         grad_mode = torch.is_grad_enabled()
         need_a = nx or nwig
+        need_m = nfeat or nwl or nbl
         slices = _slices(e, whole=grad_mode)
         gx = gb = None
-        gwig = _Rows(slices, e)
-        gw, gm = [None, None], [None, None]
+        gwig, gfeat = _Rows(slices, e), _Rows(slices, e)
+        gw, gwl, gbl = [None, None], [None, None], [None, None]
         with use_backend(backend):
             m0 = _m0_index(lmax, x.device)
+            rows = _half_rows(nm_rows, c, x.device)
             g_hid = g_hid.contiguous()
             g_x0 = g_x0.reshape(e, l0, 2 * c) if lmax > 0 else None
             if nb:
                 gb = _m0_sum(g_hid, lmax)
-            sides = ((w_s, src, mod_s, slice(0, c), nws, nms), (w_t, dst, mod_t, slice(c, 2 * c), nwt, nmt))
-            for i, (w, idx, m, cs, nw, nm) in enumerate(sides):
-                if not (need_a or nw or nm):
+            sides = ((w_s, src, slice(0, c), nws), (w_t, dst, slice(c, 2 * c), nwt))
+            for i, (w, idx, cs, nw) in enumerate(sides):
+                if not (need_a or nw or need_m):
                     continue
-                gmod = _Rows(slices, e)
+                wl, bl = w_last.index_select(0, rows[i]), b_last.index_select(0, rows[i])
                 for sl in slices:
-                    ii, ms, ws = idx[sl].contiguous(), m[sl], wigner[sl]
+                    ii, ws, fs = idx[sl].contiguous(), wigner[sl], feat[sl]
+                    ms = torch.nn.functional.linear(fs, wl, bl).view(-1, nm_rows, c)  # recomputed
                     a = rotate(x, ws, lmax, index=ii)  # recomputed (cheap), instead of saved
-                    ga, gwi, gmi = _ops.so2_linear_backward(g_hid[sl], a, w, ms, lmax, mmax, hidden, need_a, nw, nm)
+                    ga, gwi, gmi = _ops.so2_linear_backward(g_hid[sl], a, w, ms, lmax, mmax, hidden, need_a, nw,
+                                                            need_m)
                     if g_x0 is not None:
                         gx0 = g_x0[sl, :, cs]
                         if need_a:
                             v = gx0 * ms[:, :l0]
                             ga = ga.index_add(1, m0, v) if grad_mode else ga.index_add_(1, m0, v)
-                        if nm:
+                        if need_m:
                             v = gx0 * a.index_select(1, m0)
                             if grad_mode:
                                 gmi = torch.cat((gmi[:, :l0] + v, gmi[:, l0:]), dim=1)
                             else:
                                 gmi[:, :l0].add_(v)
-                    del a
+                    del a, ms
                     if need_a:
                         gxi, gwigi = _ops.rotate_backward(ga.contiguous(), x, ws, lmax, ii, False, nx, nwig)
                         del ga
@@ -231,10 +246,22 @@ class _LeanConv1(torch.autograd.Function):
                             gwig.add(sl, gwigi)
                     if nw:
                         gw[i] = _acc(gw[i], gwi, grad_mode)
-                    if nm:
-                        gmod.put(sl, gmi)
-                gm[i] = gmod.t if nm else None
-        return (gx, gwig.t if nwig else None, gm[0], gm[1], gw[0], gw[1], gb) + (None,) * 6
+                    if need_m:
+                        gmf = gmi.reshape(gmi.shape[0], -1)
+                        if nfeat:
+                            gfeat.add(sl, gmf @ wl)
+                        if nwl:
+                            gwl[i] = _acc(gwl[i], gmf.t() @ fs, grad_mode)
+                        if nbl:
+                            gbl[i] = _acc(gbl[i], gmf.sum(0), grad_mode)
+                        del gmi, gmf
+            g_w_last = g_b_last = None
+            if nwl:
+                g_w_last = torch.zeros_like(w_last).index_add(0, rows[0], gwl[0]).index_add(0, rows[1], gwl[1])
+            if nbl:
+                g_b_last = torch.zeros_like(b_last).index_add(0, rows[0], gbl[0]).index_add(0, rows[1], gbl[1])
+        return (gx, gwig.t if nwig else None, gfeat.t if nfeat else None, g_w_last, g_b_last,
+                gw[0], gw[1], gb) + (None,) * 6
 
 
 class _LeanConv2(torch.autograd.Function):
@@ -419,18 +446,25 @@ class SO2EdgewiseBlock(nn.Module):
             of recomputing the block's forward during backward (one extra
             forward pass of the block per training step) and one ``index_add_``
             per chunk.  Results equal the unchunked ones up to summation order.
-        lean: (default) keep only ``conv1``'s output, the gates and the
-            modulation for the backward (about ``K H + 2 NM C`` numbers per
-            edge instead of ``K (4 C + 3 H)``): the block is split at conv1's
-            output into two autograd Functions; the rotations of ``x[src]``,
-            ``x[dst]`` and the gated features are recomputed in the backward
-            (cheap: no SO(2) layer is recomputed unless the Wigner blocks or
-            the envelope need gradients, which recompute ``conv2``'s output),
-            the gates multiply per degree (no ``[E, K-1, H]`` expansion) and the
-            biases go to the ``m = 0`` rows in place.  Same values and
-            gradients as ``lean=False`` (the composition of differentiable
-            ops) up to rounding; double backward works.  With ``edge_chunk``
-            the lean path runs inside each checkpointed chunk.
+        lean: (default) keep only ``conv1``'s output and the gate input and
+            gates for the backward (about ``K H + 2 (lmax+1) C`` numbers per
+            edge instead of ``K (4 C + 3 H) + 2 NM C``): the block is split at
+            conv1's output into two autograd Functions.  The first applies the
+            radial MLP's last layer, the two rotations and conv1 and saves only
+            its inputs; its backward recomputes the modulation and the rotated
+            ``x[src]``, ``x[dst]`` (cheap: no SO(2) layer is recomputed).  The
+            second (gate, conv2, rotation back, envelope, ``index_add``) saves
+            conv1's output and the gates and recomputes the gated features
+            (elementwise; ``conv2``'s output only when the Wigner blocks or the
+            envelope need gradients).  Both work through the edges in slices of
+            ``LEAN_SLICE`` (forward, and backward without ``create_graph``), so
+            their ``[E, K, *]`` workspace is one slice's; the gates multiply per
+            degree (no ``[E, K-1, H]`` expansion) and the biases go to the
+            ``m = 0`` rows in place.  Same values and gradients as
+            ``lean=False`` (the composition of differentiable ops) up to
+            rounding; double backward works (the backwards are written with
+            differentiable ops).  With ``edge_chunk`` the lean path runs
+            inside each checkpointed chunk.
     Shapes:
         ``forward(x[N, K, C], edge_index[2, E], wigner[E, wigner_size(lmax)],
         edge_attr[E, edge_attr_dim], envelope[E] or [E, 1] or None) -> [N, K, C]``:
@@ -497,18 +531,14 @@ class SO2EdgewiseBlock(nn.Module):
         lmax, mmax, c, h = self.lmax, self.mmax, self.sphere_channels, self.hidden_channels
         e = wigner.shape[0]
         backend = current_backend()
-        # the radial MLP's last layer split by input half: contiguous [E, NM, C] modulations, no copies
-        nm = num_mod(lmax, mmax)
+        # the radial MLP up to its last layer; that layer is applied per input half and edge slice
+        # inside _LeanConv1 (the [E, NM, 2C] modulation is never stored for the backward)
         *body, last = list(self.radial)
         feat = edge_attr
         for layer in body:
             feat = layer(feat)
-        rows = torch.arange(nm * 2 * c, device=edge_attr.device).view(nm, 2, c)
-        mods = [torch.nn.functional.linear(feat, last.weight.index_select(0, r.reshape(-1)),
-                                           last.bias.index_select(0, r.reshape(-1))).view(e, nm, c)
-                for r in (rows[:, 0], rows[:, 1])]
-        hid, x0 = _LeanConv1.apply(x, wigner, mods[0], mods[1], self.weight1_source, self.weight1_target, self.bias1,
-                                   src, dst, lmax, mmax, h, backend)
+        hid, x0 = _LeanConv1.apply(x, wigner, feat, last.weight, last.bias, self.weight1_source,
+                                   self.weight1_target, self.bias1, src, dst, lmax, mmax, h, backend)
         gates = None
         if self.gate_linear is not None:
             gates = torch.sigmoid(self.gate_linear(x0)).view(e, lmax, h)
