@@ -223,9 +223,11 @@ def test_lean_equals_plain(lmax, mmax, chunk, lean_slice, dtype, monkeypatch):
         assert_close(a, b, dtype, f"lean vs plain tensor {i}")
 
 
-@pytest.mark.parametrize("lean", [True, False])
-def test_lean_double_backward(lean):
+@pytest.mark.parametrize("lean,lean_slice", [(True, None), (True, 4), (False, None)])
+def test_lean_double_backward(lean, lean_slice, monkeypatch):
     """Force training through the block (create_graph=True): lean == plain, and gradcheck of the forces."""
+    if lean_slice is not None:
+        monkeypatch.setattr(edgewise_module, "LEAN_SLICE", lean_slice)
     lmax, mmax, c, h = 2, 1, 2, 3
     dtype = torch.float64
     plain, ref_lean, gen = _lean_pair(lmax, mmax, c, h, dtype, 31)
@@ -277,24 +279,23 @@ def saved_bytes(module, *args) -> int:
 
 
 def test_lean_saved_bytes():
-    """The lean block keeps about K H + (lmax+1) 2C numbers per edge for the backward (conv1's output and
-    the gate input; plus inputs, parameters and the small radial activations); the plain composition keeps
-    about K (4 C + 3 H) + NM 2C: it does not fit the lean bound."""
+    """The lean block keeps about K H + lmax H numbers per edge for the backward (conv1's output and the
+    gates; plus inputs, parameters and the small radial activations); the plain composition keeps about
+    K (4 C + 3 H) + NM 2C + (lmax+1) 2C: it does not fit the lean bound."""
     lmax, mmax, c, h, n = 3, 2, 16, 16, 12
     dtype = torch.float32
     plain, lean, gen = _lean_pair(lmax, mmax, c, h, dtype, 41)
     pos, ei, x, ea, env = _inputs(lmax, c, n, dtype, gen)
-    e, k, l0 = ei.shape[1], (lmax + 1) ** 2, lmax + 1
+    e, k = ei.shape[1], (lmax + 1) ** 2
     x = x.requires_grad_()
     ea = ea.requires_grad_()
     w = so2ops.edge_wigner(pos[ei[1]] - pos[ei[0]], lmax)
     params = sum(p.numel() for p in lean.parameters())
     hidden_mlp = 6
     per_edge = (k * h              # conv1's output
-                + l0 * 2 * c       # the gate input (gate_linear's saved input)
-                + 2 * lmax * h     # the gates (sigmoid output, and the Function's input)
+                + lmax * h         # the gates (sigmoid output = the consumer Function's input)
                 + so2ops.wigner_size(lmax) + 1 + 2  # Wigner, envelope, indices (int64 = 2 x float32)
-                + EDGE_ATTR + 3 * hidden_mlp)       # the radial MLP's own activations
+                + EDGE_ATTR + 4 * hidden_mlp + 2)   # the radial MLP: its activations, LayerNorm statistics
     bound = 4 * (e * per_edge + x.numel() + params + 64)
     got = saved_bytes(lean, x, ei, w, ea, env)
     assert got <= bound, (got, bound)

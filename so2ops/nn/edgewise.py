@@ -157,30 +157,34 @@ def _half_rows(nm: int, c: int, device) -> tuple:
 
 
 class _LeanConv1(torch.autograd.Function):
-    """``(hid, x0)``: conv1 of the rotated source and target features (+ m = 0 bias) and the gate input.
+    """``(hid, pre)``: conv1 of the rotated source and target features (+ m = 0 bias) and the gates' logits.
 
     ``mod = feat @ w_last^T + b_last`` (the radial MLP's last layer), split per input half ``s``/``t``;
     ``hid = so2_linear(D x[src], W_s, mod_s) + so2_linear(D x[dst], W_t, mod_t) + bias``;
-    ``x0 = flatten(cat(a_0 * mod_s0, b_0 * mod_t0))``.  Saves only its inputs; the backward
-    recomputes the rotations and the modulation (per edge slice).
+    ``pre = flatten(cat(a_0 * mod_s0, b_0 * mod_t0)) @ w_gate^T + b_gate`` (``w_gate`` None: no gates).
+    Saves only its inputs; the backward recomputes the modulation, the rotations and the gate input
+    (per edge slice).
     """
 
     @staticmethod
-    def forward(ctx, x, wigner, feat, w_last, b_last, w_s, w_t, bias, src, dst, lmax, mmax, hidden, backend):
+    def forward(ctx, x, wigner, feat, w_last, b_last, w_s, w_t, bias, w_gate, b_gate, src, dst, lmax, mmax, hidden,
+                backend):
         e, k, c, l0 = wigner.shape[0], x.shape[1], x.shape[2], lmax + 1
         nm = num_mod(lmax, mmax)
         m0 = _m0_index(lmax, x.device)
         halves = [(w_last.index_select(0, r), b_last.index_select(0, r)) for r in _half_rows(nm, c, x.device)]
         hid = x.new_empty(e, k, hidden)
-        x0 = x.new_empty(e, l0 * 2 * c if lmax > 0 else 0)
-        x0v = x0.view(e, l0, 2 * c) if lmax > 0 else None
+        pre = x.new_empty(e, 0 if w_gate is None else w_gate.shape[0])
         with use_backend(backend):
             for sl in _slices(e):
+                x0 = None
                 for j, (w, idx, (wl, bl)) in enumerate(((w_s, src, halves[0]), (w_t, dst, halves[1]))):
                     m = torch.nn.functional.linear(feat[sl], wl, bl).view(-1, nm, c)
                     a = rotate(x, wigner[sl], lmax, index=idx[sl])
-                    if x0v is not None:
-                        torch.mul(a.index_select(1, m0), m[:, :l0], out=x0v[sl, :, j * c : (j + 1) * c])
+                    if w_gate is not None:
+                        if x0 is None:
+                            x0 = x.new_empty(a.shape[0], l0, 2 * c)
+                        torch.mul(a.index_select(1, m0), m[:, :l0], out=x0[:, :, j * c : (j + 1) * c])
                     y = so2_linear(a, w, lmax, mmax, hidden, m)
                     del a, m
                     if j == 0:
@@ -188,54 +192,69 @@ class _LeanConv1(torch.autograd.Function):
                     else:
                         hid[sl] += y
                     del y
+                if w_gate is not None:
+                    torch.addmm(b_gate, x0.view(x0.shape[0], -1), w_gate.t(), out=pre[sl])
+                del x0
             _add_m0_bias(hid, bias, lmax)
-        ctx.save_for_backward(x, wigner, feat, w_last, b_last, w_s, w_t, src, dst)
+        ctx.save_for_backward(x, wigner, feat, w_last, b_last, w_s, w_t, w_gate, src, dst)
         ctx.args = (lmax, mmax, hidden, backend)
-        return hid, x0
+        return hid, pre
 
     @staticmethod
-    def backward(ctx, g_hid, g_x0):
-        x, wigner, feat, w_last, b_last, w_s, w_t, src, dst = ctx.saved_tensors
+    def backward(ctx, g_hid, g_pre):
+        x, wigner, feat, w_last, b_last, w_s, w_t, w_gate, src, dst = ctx.saved_tensors
         lmax, mmax, hidden, backend = ctx.args
-        nx, nwig, nfeat, nwl, nbl, nws, nwt, nb = ctx.needs_input_grad[:8]
+        nx, nwig, nfeat, nwl, nbl, nws, nwt, nb, nwg, nbg = ctx.needs_input_grad[:10]
         c, e, l0 = x.shape[2], wigner.shape[0], lmax + 1
         nm_rows = num_mod(lmax, mmax)
         grad_mode = torch.is_grad_enabled()
         need_a = nx or nwig
         need_m = nfeat or nwl or nbl
+        gates = w_gate is not None and g_pre is not None
         slices = _slices(e, whole=grad_mode)
-        gx = gb = None
+        gx = gb = g_b_gate = None
         gwig, gfeat = _Rows(slices, e), _Rows(slices, e)
-        gw, gwl, gbl = [None, None], [None, None], [None, None]
+        gw, gwl, gbl, gwg = [None, None], [None, None], [None, None], [None, None]
         with use_backend(backend):
             m0 = _m0_index(lmax, x.device)
             rows = _half_rows(nm_rows, c, x.device)
             g_hid = g_hid.contiguous()
-            g_x0 = g_x0.reshape(e, l0, 2 * c) if lmax > 0 else None
             if nb:
                 gb = _m0_sum(g_hid, lmax)
+            if gates:
+                wg3 = w_gate.view(w_gate.shape[0], l0, 2 * c)
+                if nbg:
+                    g_b_gate = g_pre.sum(0)
             sides = ((w_s, src, slice(0, c), nws), (w_t, dst, slice(c, 2 * c), nwt))
             for i, (w, idx, cs, nw) in enumerate(sides):
-                if not (need_a or nw or need_m):
+                if not (need_a or nw or need_m or (gates and nwg)):
                     continue
                 wl, bl = w_last.index_select(0, rows[i]), b_last.index_select(0, rows[i])
+                wgi = wg3[:, :, cs].reshape(w_gate.shape[0], l0 * c) if gates else None
                 for sl in slices:
                     ii, ws, fs = idx[sl].contiguous(), wigner[sl], feat[sl]
                     ms = torch.nn.functional.linear(fs, wl, bl).view(-1, nm_rows, c)  # recomputed
                     a = rotate(x, ws, lmax, index=ii)  # recomputed (cheap), instead of saved
                     ga, gwi, gmi = _ops.so2_linear_backward(g_hid[sl], a, w, ms, lmax, mmax, hidden, need_a, nw,
                                                             need_m)
-                    if g_x0 is not None:
-                        gx0 = g_x0[sl, :, cs]
+                    if gates:
+                        a0 = a.index_select(1, m0)
+                        gps = g_pre[sl]
+                        if nwg:  # this half's columns of the gate weight's gradient
+                            x0i = (a0 * ms[:, :l0]).reshape(a0.shape[0], -1)
+                            gwg[i] = _acc(gwg[i], gps.t() @ x0i, grad_mode)
+                            del x0i
+                        gx0 = (gps @ wgi).view(-1, l0, c)
                         if need_a:
                             v = gx0 * ms[:, :l0]
                             ga = ga.index_add(1, m0, v) if grad_mode else ga.index_add_(1, m0, v)
                         if need_m:
-                            v = gx0 * a.index_select(1, m0)
+                            v = gx0 * a0
                             if grad_mode:
                                 gmi = torch.cat((gmi[:, :l0] + v, gmi[:, l0:]), dim=1)
                             else:
                                 gmi[:, :l0].add_(v)
+                        del a0, gx0
                     del a, ms
                     if need_a:
                         gxi, gwigi = _ops.rotate_backward(ga.contiguous(), x, ws, lmax, ii, False, nx, nwig)
@@ -255,13 +274,15 @@ class _LeanConv1(torch.autograd.Function):
                         if nbl:
                             gbl[i] = _acc(gbl[i], gmf.sum(0), grad_mode)
                         del gmi, gmf
-            g_w_last = g_b_last = None
+            g_w_last = g_b_last = g_w_gate = None
             if nwl:
                 g_w_last = torch.zeros_like(w_last).index_add(0, rows[0], gwl[0]).index_add(0, rows[1], gwl[1])
             if nbl:
                 g_b_last = torch.zeros_like(b_last).index_add(0, rows[0], gbl[0]).index_add(0, rows[1], gbl[1])
+            if gates and nwg:
+                g_w_gate = torch.cat([g.view(-1, l0, c) for g in gwg], dim=2).reshape(w_gate.shape)
         return (gx, gwig.t if nwig else None, gfeat.t if nfeat else None, g_w_last, g_b_last,
-                gw[0], gw[1], gb) + (None,) * 6
+                gw[0], gw[1], gb, g_w_gate, g_b_gate if nbg else None) + (None,) * 6
 
 
 class _LeanConv2(torch.autograd.Function):
@@ -446,13 +467,14 @@ class SO2EdgewiseBlock(nn.Module):
             of recomputing the block's forward during backward (one extra
             forward pass of the block per training step) and one ``index_add_``
             per chunk.  Results equal the unchunked ones up to summation order.
-        lean: (default) keep only ``conv1``'s output and the gate input and
-            gates for the backward (about ``K H + 2 (lmax+1) C`` numbers per
-            edge instead of ``K (4 C + 3 H) + 2 NM C``): the block is split at
+        lean: (default) keep only ``conv1``'s output and the gates for the
+            backward (about ``K H + lmax H`` numbers per edge instead of
+            ``K (4 C + 3 H) + 2 NM C + 2 (lmax+1) C``): the block is split at
             conv1's output into two autograd Functions.  The first applies the
-            radial MLP's last layer, the two rotations and conv1 and saves only
-            its inputs; its backward recomputes the modulation and the rotated
-            ``x[src]``, ``x[dst]`` (cheap: no SO(2) layer is recomputed).  The
+            radial MLP's last layer, the two rotations, conv1 and the gates'
+            linear layer and saves only its inputs; its backward recomputes the
+            modulation, the rotated ``x[src]``, ``x[dst]`` and the gate input
+            (cheap: no SO(2) layer is recomputed).  The
             second (gate, conv2, rotation back, envelope, ``index_add``) saves
             conv1's output and the gates and recomputes the gated features
             (elementwise; ``conv2``'s output only when the Wigner blocks or the
@@ -537,11 +559,11 @@ class SO2EdgewiseBlock(nn.Module):
         feat = edge_attr
         for layer in body:
             feat = layer(feat)
-        hid, x0 = _LeanConv1.apply(x, wigner, feat, last.weight, last.bias, self.weight1_source,
-                                   self.weight1_target, self.bias1, src, dst, lmax, mmax, h, backend)
-        gates = None
-        if self.gate_linear is not None:
-            gates = torch.sigmoid(self.gate_linear(x0)).view(e, lmax, h)
+        gl = self.gate_linear
+        hid, pre = _LeanConv1.apply(x, wigner, feat, last.weight, last.bias, self.weight1_source,
+                                    self.weight1_target, self.bias1, None if gl is None else gl.weight,
+                                    None if gl is None else gl.bias, src, dst, lmax, mmax, h, backend)
+        gates = None if gl is None else torch.sigmoid(pre).view(e, lmax, h)
         return _LeanConv2.apply(hid, gates, self.conv2.weight, self.conv2.bias, wigner, envelope, dst,
                                 x.shape[0], lmax, mmax, c, backend)
 
