@@ -7,3 +7,4 @@ from . import sanity  # noqa: F401
 from . import edge_wigner, rotate, so2_linear, so2_message  # noqa: F401
 from . import so2_tensor_product, assemble_blocks  # noqa: F401  (after so2_message: the new ops)
 from . import edgewise  # noqa: F401  (so2_message vs FAIR-Chem's general path)
+from . import edgewise_block  # noqa: F401  (the two-conv Edgewise block vs FAIR-Chem's module)
