@@ -7,6 +7,7 @@
 // result is deterministic whatever the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -255,6 +256,19 @@ void check_cpu(const at::Tensor& x, const char* op) {
 }  // namespace
 
 // ------------------------------------------------------------ CpuKernels
+
+int CpuKernels::num_workers() { return std::max(1, at::get_num_threads()); }
+
+void CpuKernels::parallel_tiles(int64_t n, const TileLoop& fn) {
+  // grain 1: at::parallel_for hands each thread one contiguous, static range of tiles.  The ATen calls
+  // of the tile loop (GEMMs) run on the pool threads: they get this thread's dispatch state (below
+  // autograd), as they would have on the calling thread.
+  const at::ThreadLocalState state;
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard guard(state);
+    fn(at::get_thread_num(), begin, end);
+  });
+}
 
 void CpuKernels::rotate_in(const TileSpec& spec, const at::Tensor& feat, const int64_t* idx, const at::Tensor& wigner,
                            const at::Tensor& mod, at::Tensor& tile) {

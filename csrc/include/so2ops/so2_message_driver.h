@@ -195,6 +195,69 @@ inline int64_t tile_edges(int64_t E, int64_t bytes_per_edge, int64_t budget, int
   return std::max<int64_t>(1, std::min<int64_t>(E, t));
 }
 
+/// The tiles of one pass over the edge order: tile t covers positions [bounds[t], bounds[t+1]).
+struct TilePlan {
+  std::vector<int64_t> bounds;
+  int64_t max_len = 0;    // longest tile (buffer size in edges)
+  bool parallel = false;  // tiles spread over K::num_workers() workers
+  int64_t count() const { return int64_t(bounds.size()) - 1; }
+};
+
+/// Tiles of about `T` positions; with `key` (host pointer: the scatter row of each
+/// edge, positions ordered by `perm`) every cut falls between two segments of
+/// equal key, so that tiles never share an output row.
+inline TilePlan cut_tiles(int64_t E, int64_t T, const int64_t* key, const int64_t* perm) {
+  TilePlan plan;
+  plan.bounds.push_back(0);
+  auto key_at = [&](int64_t p) { return key[perm ? perm[p] : p]; };
+  for (int64_t p = 0; p < E;) {
+    int64_t q = std::min(E, p + T);
+    if (key != nullptr && q < E) {
+      int64_t r = q;
+      while (r > p && key_at(r - 1) == key_at(r)) --r;  // back to the head of the segment at q
+      if (r == p) {                                     // one segment longer than T: take it whole
+        r = q;
+        while (r < E && key_at(r - 1) == key_at(r)) ++r;
+      }
+      q = r;
+    }
+    plan.max_len = std::max(plan.max_len, q - p);
+    plan.bounds.push_back(q);
+    p = q;
+  }
+  return plan;
+}
+
+/// Tiles of a pass.  On a backend with parallel tiles (CPU) and several workers
+/// the tiles are at most E / workers long (every worker gets one) and cut at the
+/// segments of `key`; when a segment is too long for that (a node with a huge
+/// degree), the pass falls back to tiles in sequence with parallel kernels.
+template <class K>
+TilePlan plan_tiles(int64_t E, int64_t bytes_per_edge, const int64_t* key, const int64_t* perm) {
+  int64_t T = tile_edges(E, bytes_per_edge, K::kTileBytes, K::kMinTile);
+  const int workers = K::kParallelTiles ? K::num_workers() : 1;
+  if (workers > 1 && E > 1) {
+    if (std::getenv("SO2OPS_TILE_EDGES") == nullptr) T = std::min(T, (E + workers - 1) / workers);
+    TilePlan plan = cut_tiles(E, T, key, perm);
+    if (plan.count() > 1 && plan.max_len <= 4 * T) {
+      plan.parallel = true;
+      return plan;
+    }
+  }
+  return cut_tiles(E, T, nullptr, nullptr);
+}
+
+/// Runs `fn(worker, first_tile, end_tile)` over the plan's tiles: in one parallel
+/// region when `plan.parallel`, else in sequence on this thread (worker 0).
+template <class K>
+void run_tiles(const TilePlan& plan, const TileLoop& fn) {
+  if (plan.parallel) {
+    K::parallel_tiles(plan.count(), fn);
+  } else {
+    fn(0, 0, plan.count());
+  }
+}
+
 /// out_acc[n_out, K, cout] (+)= sum over edges of D^T SO2Lin(mod (.) D feat[src]) scattered to tgt.
 /// `perm` orders the edges by tgt when `segmented` (may be undefined for identity tgt).
 template <class K>
@@ -206,20 +269,24 @@ void tiled_forward(const at::Tensor& x, const at::Tensor& wigner, const int64_t*
   const at::Tensor w_acc = weight.to(acc);
   const WeightViews wv = weight_views(w_acc, d);
   const int64_t R = d.rows();
-  const int64_t T = tile_edges(E, R * (d.cin + d.cout) * int64_t(c10::elementSize(acc)), K::kTileBytes, K::kMinTile);
-  const auto opts = x.options().dtype(acc);
-  at::Tensor a = at::empty({T * R * d.cin}, opts);
-  at::Tensor b = at::empty({T * R * d.cout}, opts);
   const int64_t* perm_ptr = perm.defined() ? perm.data_ptr<int64_t>() : nullptr;
-  for (int64_t p0 = 0; p0 < E; p0 += T) {
-    const TileSpec spec{d.lmax, d.mmax, p0, std::min(T, E - p0), perm_ptr};
-    K::rotate_in(spec, x, src, wigner, mod, a);
-    for (int m = 0; m <= d.mmax; ++m) {
-      at::Tensor bm = tile_block(b, spec.count, d.cout, d.lmax, m);
-      so2_block_mm(tile_block(a, spec.count, d.cin, d.lmax, m), wv, m, bm);
+  const TilePlan plan = plan_tiles<K>(E, R * (d.cin + d.cout) * int64_t(c10::elementSize(acc)),
+                                      (K::kParallelTiles && segmented) ? tgt : nullptr, perm_ptr);
+  const auto opts = x.options().dtype(acc);
+  run_tiles<K>(plan, [&](int /*worker*/, int64_t t0, int64_t t1) {
+    at::Tensor a = at::empty({plan.max_len * R * d.cin}, opts);
+    at::Tensor b = at::empty({plan.max_len * R * d.cout}, opts);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = plan.bounds[t];
+      const TileSpec spec{d.lmax, d.mmax, p0, plan.bounds[t + 1] - p0, perm_ptr};
+      K::rotate_in(spec, x, src, wigner, mod, a);
+      for (int m = 0; m <= d.mmax; ++m) {
+        at::Tensor bm = tile_block(b, spec.count, d.cout, d.lmax, m);
+        so2_block_mm(tile_block(a, spec.count, d.cin, d.lmax, m), wv, m, bm);
+      }
+      K::rotate_out_add(spec, b, tgt, wigner, out_acc, segmented);
     }
-    K::rotate_out_add(spec, b, tgt, wigner, out_acc, segmented);
-  }
+  });
 }
 
 /// Gradient buffers of the backward; undefined members are not wanted.
@@ -231,6 +298,8 @@ struct Grads {
 };
 
 /// Backward of tiled_forward; `perm` orders the edges by src when `segmented`.
+/// With parallel tiles each worker accumulates its own weight gradient; they are
+/// summed in worker order at the end (deterministic for a given thread count).
 template <class K>
 void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& wigner, const int64_t* src,
                     const int64_t* tgt, const at::Tensor& perm, int64_t E, const at::Tensor& weight,
@@ -244,46 +313,60 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   if (!need_ga && !need_w) return;
   const at::Tensor w_acc = weight.to(acc);
   const WeightViews wv = weight_views(w_acc, d);
-  WeightViews gwv;
-  if (need_w) gwv = weight_views(out.weight, d);
   const int64_t R = d.rows();
   const int64_t per_edge = R * (2 * d.cin + 2 * d.cout) * int64_t(c10::elementSize(acc));
-  const int64_t T = tile_edges(E, per_edge, K::kTileBytes, K::kMinTile);
-  const auto opts = x.options().dtype(acc);
-  at::Tensor g_t = at::empty({T * R * d.cout}, opts);
-  at::Tensor ga_t = need_ga ? at::empty({T * R * d.cin}, opts) : at::Tensor();
-  at::Tensor a_t = need_a ? at::empty({T * R * d.cin}, opts) : at::Tensor();
-  at::Tensor y_t = need_wig ? at::empty({T * R * d.cout}, opts) : at::Tensor();
-  at::Tensor no_a;
-  const at::Tensor none;
   const int64_t* perm_ptr = perm.defined() ? perm.data_ptr<int64_t>() : nullptr;
-  for (int64_t p0 = 0; p0 < E; p0 += T) {
-    const TileSpec spec{d.lmax, d.mmax, p0, std::min(T, E - p0), perm_ptr};
-    const int64_t n = spec.count;
-    K::rotate_in(spec, grad, tgt, wigner, none, g_t);
-    if (need_ga) {
-      for (int m = 0; m <= d.mmax; ++m) {
-        at::Tensor gam = tile_block(ga_t, n, d.cin, d.lmax, m);
-        so2_block_mm_t(tile_block(g_t, n, d.cout, d.lmax, m), wv, m, gam);
+  const TilePlan plan = plan_tiles<K>(E, per_edge, (K::kParallelTiles && segmented && need_x) ? src : nullptr,
+                                      perm_ptr);
+  // One weight-gradient accumulator per worker (the output itself when the tiles run in sequence).
+  const int workers = plan.parallel ? K::num_workers() : 1;
+  at::Tensor gw_all;
+  std::vector<WeightViews> gwv;
+  if (need_w) {
+    if (workers > 1) gw_all = at::zeros({workers, out.weight.numel()}, out.weight.options());
+    for (int w = 0; w < workers; ++w) gwv.push_back(weight_views(workers > 1 ? gw_all.select(0, w) : out.weight, d));
+  }
+  const auto opts = x.options().dtype(acc);
+  const at::Tensor none;
+  run_tiles<K>(plan, [&](int worker, int64_t t0, int64_t t1) {
+    const int64_t L = plan.max_len;
+    at::Tensor g_t = at::empty({L * R * d.cout}, opts);
+    at::Tensor ga_t = need_ga ? at::empty({L * R * d.cin}, opts) : at::Tensor();
+    at::Tensor a_t = need_a ? at::empty({L * R * d.cin}, opts) : at::Tensor();
+    at::Tensor y_t = need_wig ? at::empty({L * R * d.cout}, opts) : at::Tensor();
+    at::Tensor no_a;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = plan.bounds[t];
+      const TileSpec spec{d.lmax, d.mmax, p0, plan.bounds[t + 1] - p0, perm_ptr};
+      const int64_t n = spec.count;
+      K::rotate_in(spec, grad, tgt, wigner, none, g_t);
+      if (need_ga) {
+        for (int m = 0; m <= d.mmax; ++m) {
+          at::Tensor gam = tile_block(ga_t, n, d.cin, d.lmax, m);
+          so2_block_mm_t(tile_block(g_t, n, d.cout, d.lmax, m), wv, m, gam);
+        }
       }
-    }
-    if (has_mod && need_ga) {
-      // Fused: A' = mod * a, grad_mod, and GA <- GA * mod (the gradient w.r.t. a).
-      K::rotate_in_backward(spec, x, src, wigner, mod, need_a ? a_t : no_a, ga_t, out.mod);
-    } else if (need_a) {
-      K::rotate_in(spec, x, src, wigner, mod, a_t);
-    }
-    for (int m = 0; m <= d.mmax && (need_w || need_wig); ++m) {
-      const at::Tensor am = tile_block(a_t, n, d.cin, d.lmax, m);
-      const at::Tensor gm = tile_block(g_t, n, d.cout, d.lmax, m);
-      if (need_w) so2_block_weight_grad(am, gm, gwv, m);
-      if (need_wig) {
-        at::Tensor ym = tile_block(y_t, n, d.cout, d.lmax, m);
-        so2_block_mm(am, wv, m, ym);
+      if (has_mod && need_ga) {
+        // Fused: A' = mod * a, grad_mod, and GA <- GA * mod (the gradient w.r.t. a).
+        K::rotate_in_backward(spec, x, src, wigner, mod, need_a ? a_t : no_a, ga_t, out.mod);
+      } else if (need_a) {
+        K::rotate_in(spec, x, src, wigner, mod, a_t);
       }
+      for (int m = 0; m <= d.mmax && (need_w || need_wig); ++m) {
+        const at::Tensor am = tile_block(a_t, n, d.cin, d.lmax, m);
+        const at::Tensor gm = tile_block(g_t, n, d.cout, d.lmax, m);
+        if (need_w) so2_block_weight_grad(am, gm, gwv[worker], m);
+        if (need_wig) {
+          at::Tensor ym = tile_block(y_t, n, d.cout, d.lmax, m);
+          so2_block_mm(am, wv, m, ym);
+        }
+      }
+      if (need_wig) K::wigner_grad(spec, ga_t, x, src, y_t, grad, tgt, out.wigner);
+      if (need_x) K::rotate_out_add(spec, ga_t, src, wigner, out.x_acc, segmented);
     }
-    if (need_wig) K::wigner_grad(spec, ga_t, x, src, y_t, grad, tgt, out.wigner);
-    if (need_x) K::rotate_out_add(spec, ga_t, src, wigner, out.x_acc, segmented);
+  });
+  if (need_w && workers > 1) {
+    for (int w = 0; w < workers; ++w) out.weight.add_(gw_all.select(0, w));
   }
 }
 

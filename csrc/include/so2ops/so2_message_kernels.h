@@ -20,6 +20,8 @@
 
 #include <stdint.h>
 
+#include <functional>
+
 namespace so2ops {
 
 /// Which edges a tile covers.
@@ -53,19 +55,35 @@ struct TileSpec {
   /* Stable order of the edges by key (a row of edge_index, values in [0, n)): [E] int64 on the key's device. */ \
   static at::Tensor sort_by(const at::Tensor& key, int64_t n);
 
+/// Body of a tile loop: `fn(worker, first_tile, end_tile)`; worker in [0, num_workers()).
+using TileLoop = std::function<void(int, int64_t, int64_t)>;
+
 /// CPU: scatters are always segmented (no atomics), hence always deterministic.
+/// Tiles are spread over the threads (kParallelTiles): one parallel region per
+/// pass, each thread runs every kernel and GEMM of its own tiles serially (MKL
+/// runs single-threaded inside the region), tiles cut at destination segment
+/// boundaries so that no two threads write the same output row.
 struct CpuKernels {
   static constexpr bool kAlwaysSegmented = true;
-  static constexpr int64_t kTileBytes = int64_t(3) << 20;  // keep the tile working set near L2
+  static constexpr bool kParallelTiles = true;
+  static constexpr int64_t kTileBytes = int64_t(3) << 20;  // per thread: keep the tile working set near L2
   static constexpr int64_t kMinTile = 16;
+  /// Threads of the tile loop (torch.get_num_threads()).
+  static int num_workers();
+  /// Tiles [0, n) in one at::parallel_for (contiguous, static chunks per thread).
+  static void parallel_tiles(int64_t n, const TileLoop& fn);
   SO2OPS_DECLARE_TILE_KERNELS
 };
 
 /// CUDA: atomics unless `deterministic`; half / bfloat16 accumulate in float.
+/// Tiles run in sequence on the current stream.
 struct CudaKernels {
   static constexpr bool kAlwaysSegmented = false;
+  static constexpr bool kParallelTiles = false;
   static constexpr int64_t kTileBytes = int64_t(128) << 20;
   static constexpr int64_t kMinTile = 256;
+  static int num_workers() { return 1; }
+  static void parallel_tiles(int64_t n, const TileLoop& fn) { fn(0, 0, n); }
   SO2OPS_DECLARE_TILE_KERNELS
 };
 
