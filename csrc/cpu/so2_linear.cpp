@@ -5,7 +5,7 @@
 // scatter: per tile the |m| <= mmax rows are packed m-major (times the
 // modulation), each order m is four MKL GEMMs reading the packed W1 / W2 blocks in place
 // (no re-packed combined weight), and the result is unpacked into the output
-// rows (|m| > mmax rows stay 0).  The tile kernels live in so2_message.cpp.
+// rows (|m| > mmax rows stay 0).  The tile kernels live in so2_tiles.cpp.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

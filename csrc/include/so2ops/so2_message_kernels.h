@@ -1,7 +1,7 @@
 // The four tile kernels of so2_linear / so2_message, one set per device.
 //
 // The tiled driver (so2_message_driver.h) is written once against this
-// interface; CpuKernels is defined in csrc/cpu/so2_message.cpp (OpenMP through
+// interface; CpuKernels is defined in csrc/cpu/so2_tiles.cpp (OpenMP through
 // at::parallel_for), CudaKernels in csrc/cuda/so2_message.cu.  The GEMMs in
 // between are at::mm on views of the tile buffers (MKL / cuBLAS).
 //
