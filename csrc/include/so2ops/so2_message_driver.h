@@ -24,10 +24,12 @@
 
 // Fine-grained ATen headers only: this header is compiled by nvcc too.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sub.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 
@@ -177,6 +179,100 @@ inline void so2_block_weight_grad(const at::Tensor& a, const at::Tensor& g, Weig
   gw.w2[m].addmm_(gn.t(), ap).addmm_(gp.t(), an, 1, -1);
 }
 
+// ---- Gauss / 3M form of the m > 0 blocks (CPU).
+// The m > 0 map is a complex matrix product, (y+ + i y-) = (W1 + i W2)(a+ + i a-),
+// so three real GEMMs do the work of four:
+//   t1 = a+ W1^T, t2 = a- W2^T, t3 = (a+ + a-)(W1 + W2)^T;  y+ = t1 - t2,  y- = t3 - t1 - t2.
+// Same for the transposed map and the weight gradient (below).  A quarter fewer
+// multiply-adds in the m > 0 GEMMs for a few passes over tile-sized buffers.
+
+/// W1 + W2 and W1 - W2 per order m > 0 (index 0 unused).
+struct WeightSums {
+  std::vector<at::Tensor> sum;
+  std::vector<at::Tensor> diff;
+};
+
+inline WeightSums weight_sums(const WeightViews& w) {
+  WeightSums s;
+  s.sum.emplace_back();
+  s.diff.emplace_back();
+  for (size_t m = 1; m < w.w1.size(); ++m) {
+    s.sum.push_back(w.w1[m] + w.w2[m]);
+    s.diff.push_back(w.w1[m] - w.w2[m]);
+  }
+  return s;
+}
+
+/// Per-worker scratch of the 3M products: `in` / `out` hold up to `rows` x the
+/// widest (+m or -m) half of an input / output block; `w1`, `w2` one weight block.
+struct Scratch3M {
+  at::Tensor in, out, w1, w2;
+  Scratch3M() = default;
+  Scratch3M(int64_t rows, const Dims& d, const at::TensorOptions& opts, bool weight_grad) {
+    const int64_t L = so2::num_l(d.lmax, 1);
+    if (d.mmax < 1) return;
+    in = at::empty({rows * L * d.cin}, opts);
+    out = at::empty({rows * L * d.cout}, opts);
+    if (weight_grad) {
+      w1 = at::empty({L * d.cout * L * d.cin}, opts);
+      w2 = at::empty({L * d.cout * L * d.cin}, opts);
+    }
+  }
+  static at::Tensor mat(const at::Tensor& buf, int64_t r, int64_t c) { return buf.narrow(0, 0, r * c).view({r, c}); }
+};
+
+/// so2_block_mm with three GEMMs for m > 0.
+inline void so2_block_mm_3m(const at::Tensor& a, const WeightViews& w, const WeightSums& ws, int m, at::Tensor& y,
+                            Scratch3M& sc) {
+  if (m == 0) return so2_block_mm(a, w, m, y);
+  const int64_t n = a.size(0), ci = w.w1[m].size(1), co = w.w1[m].size(0);
+  const at::Tensor ap = a.narrow(1, 0, ci), an = a.narrow(1, ci, ci);
+  at::Tensor yp = y.narrow(1, 0, co), yn = y.narrow(1, co, co);
+  at::Tensor s = Scratch3M::mat(sc.in, n, ci), t = Scratch3M::mat(sc.out, n, co);
+  at::add_out(s, ap, an);
+  at::mm_out(yp, ap, w.w1[m].t());         // t1
+  at::mm_out(yn, s, ws.sum[m].t());        // t3
+  at::mm_out(t, an, w.w2[m].t());          // t2
+  yn.sub_(yp).sub_(t);
+  yp.sub_(t);
+}
+
+/// so2_block_mm_t with three GEMMs for m > 0:
+/// u1 = g+ W1, u2 = g- W2, u3 = (g+ + g-)(W1 - W2);  ga+ = u1 + u2,  ga- = u3 - u1 + u2.
+inline void so2_block_mm_t_3m(const at::Tensor& g, const WeightViews& w, const WeightSums& ws, int m, at::Tensor& ga,
+                              Scratch3M& sc) {
+  if (m == 0) return so2_block_mm_t(g, w, m, ga);
+  const int64_t n = g.size(0), ci = w.w1[m].size(1), co = w.w1[m].size(0);
+  const at::Tensor gp = g.narrow(1, 0, co), gn = g.narrow(1, co, co);
+  at::Tensor ap = ga.narrow(1, 0, ci), an = ga.narrow(1, ci, ci);
+  at::Tensor s = Scratch3M::mat(sc.out, n, co), t = Scratch3M::mat(sc.in, n, ci);
+  at::add_out(s, gp, gn);
+  at::mm_out(ap, gp, w.w1[m]);             // u1
+  at::mm_out(an, s, ws.diff[m]);           // u3
+  at::mm_out(t, gn, w.w2[m]);              // u2
+  an.sub_(ap).add_(t);
+  ap.add_(t);
+}
+
+/// so2_block_weight_grad with three GEMMs for m > 0:
+/// X = g+^T a+, Y = g-^T a-, Z = (g+ + g-)^T (a+ - a-);  dW1 += X + Y,  dW2 += Z - X + Y.
+inline void so2_block_weight_grad_3m(const at::Tensor& a, const at::Tensor& g, WeightViews& gw, int m,
+                                     Scratch3M& sc) {
+  if (m == 0) return so2_block_weight_grad(a, g, gw, m);
+  const int64_t n = a.size(0), ci = gw.w1[m].size(1), co = gw.w1[m].size(0);
+  const at::Tensor ap = a.narrow(1, 0, ci), an = a.narrow(1, ci, ci);
+  const at::Tensor gp = g.narrow(1, 0, co), gn = g.narrow(1, co, co);
+  at::Tensor gs = Scratch3M::mat(sc.out, n, co), ad = Scratch3M::mat(sc.in, n, ci);
+  at::Tensor X = Scratch3M::mat(sc.w1, co, ci), Y = Scratch3M::mat(sc.w2, co, ci);
+  at::add_out(gs, gp, gn);
+  at::sub_out(ad, ap, an);
+  at::mm_out(X, gp.t(), ap);
+  at::mm_out(Y, gn.t(), an);
+  gw.w2[m].addmm_(gs.t(), ad);
+  gw.w1[m].add_(X).add_(Y);
+  gw.w2[m].sub_(X).add_(Y);
+}
+
 /// Block m of a tile buffer as a contiguous [count, ns*L*C] matrix.
 inline at::Tensor tile_block(const at::Tensor& buf, int64_t count, int64_t C, int lmax, int m) {
   const int64_t width = so2::num_signs(m) * so2::num_l(lmax, m) * C;
@@ -273,16 +369,23 @@ void tiled_forward(const at::Tensor& x, const at::Tensor& wigner, const int64_t*
   const TilePlan plan = plan_tiles<K>(E, R * (d.cin + d.cout) * int64_t(c10::elementSize(acc)),
                                       (K::kParallelTiles && segmented) ? tgt : nullptr, perm_ptr);
   const auto opts = x.options().dtype(acc);
+  const WeightSums wsum = K::kComplex3M ? weight_sums(wv) : WeightSums();
   run_tiles<K>(plan, [&](int /*worker*/, int64_t t0, int64_t t1) {
     at::Tensor a = at::empty({plan.max_len * R * d.cin}, opts);
     at::Tensor b = at::empty({plan.max_len * R * d.cout}, opts);
+    Scratch3M sc = K::kComplex3M ? Scratch3M(plan.max_len, d, opts, false) : Scratch3M();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t p0 = plan.bounds[t];
       const TileSpec spec{d.lmax, d.mmax, p0, plan.bounds[t + 1] - p0, perm_ptr};
       K::rotate_in(spec, x, src, wigner, mod, a);
       for (int m = 0; m <= d.mmax; ++m) {
         at::Tensor bm = tile_block(b, spec.count, d.cout, d.lmax, m);
-        so2_block_mm(tile_block(a, spec.count, d.cin, d.lmax, m), wv, m, bm);
+        const at::Tensor am = tile_block(a, spec.count, d.cin, d.lmax, m);
+        if (K::kComplex3M) {
+          so2_block_mm_3m(am, wv, wsum, m, bm, sc);
+        } else {
+          so2_block_mm(am, wv, m, bm);
+        }
       }
       K::rotate_out_add(spec, b, tgt, wigner, out_acc, segmented);
     }
@@ -328,8 +431,10 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   }
   const auto opts = x.options().dtype(acc);
   const at::Tensor none;
+  const WeightSums wsum = K::kComplex3M ? weight_sums(wv) : WeightSums();
   run_tiles<K>(plan, [&](int worker, int64_t t0, int64_t t1) {
     const int64_t L = plan.max_len;
+    Scratch3M sc = K::kComplex3M ? Scratch3M(L, d, opts, need_w) : Scratch3M();
     at::Tensor g_t = at::empty({L * R * d.cout}, opts);
     at::Tensor ga_t = need_ga ? at::empty({L * R * d.cin}, opts) : at::Tensor();
     at::Tensor a_t = need_a ? at::empty({L * R * d.cin}, opts) : at::Tensor();
@@ -343,7 +448,12 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
       if (need_ga) {
         for (int m = 0; m <= d.mmax; ++m) {
           at::Tensor gam = tile_block(ga_t, n, d.cin, d.lmax, m);
-          so2_block_mm_t(tile_block(g_t, n, d.cout, d.lmax, m), wv, m, gam);
+          const at::Tensor gm = tile_block(g_t, n, d.cout, d.lmax, m);
+          if (K::kComplex3M) {
+            so2_block_mm_t_3m(gm, wv, wsum, m, gam, sc);
+          } else {
+            so2_block_mm_t(gm, wv, m, gam);
+          }
         }
       }
       if (has_mod && need_ga) {
@@ -355,10 +465,20 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
       for (int m = 0; m <= d.mmax && (need_w || need_wig); ++m) {
         const at::Tensor am = tile_block(a_t, n, d.cin, d.lmax, m);
         const at::Tensor gm = tile_block(g_t, n, d.cout, d.lmax, m);
-        if (need_w) so2_block_weight_grad(am, gm, gwv[worker], m);
+        if (need_w) {
+          if (K::kComplex3M) {
+            so2_block_weight_grad_3m(am, gm, gwv[worker], m, sc);
+          } else {
+            so2_block_weight_grad(am, gm, gwv[worker], m);
+          }
+        }
         if (need_wig) {
           at::Tensor ym = tile_block(y_t, n, d.cout, d.lmax, m);
-          so2_block_mm(am, wv, m, ym);
+          if (K::kComplex3M) {
+            so2_block_mm_3m(am, wv, wsum, m, ym, sc);
+          } else {
+            so2_block_mm(am, wv, m, ym);
+          }
         }
       }
       if (need_wig) K::wigner_grad(spec, ga_t, x, src, y_t, grad, tgt, out.wigner);

@@ -66,8 +66,11 @@ using TileLoop = std::function<void(int, int64_t, int64_t)>;
 struct CpuKernels {
   static constexpr bool kAlwaysSegmented = true;
   static constexpr bool kParallelTiles = true;
+  static constexpr bool kComplex3M = true;   // m > 0 blocks as 3-GEMM complex products (driver)
   static constexpr int64_t kTileBytes = int64_t(3) << 20;  // per thread: keep the tile working set near L2
-  static constexpr int64_t kMinTile = 16;
+  // ... but at least 256 edges: the weight-gradient GEMMs sum over the edges of a tile, and
+  // shorter sums re-read and re-write the weight-sized products too often (C = 128: ~1.4x slower).
+  static constexpr int64_t kMinTile = 256;
   /// Threads of the tile loop (torch.get_num_threads()).
   static int num_workers();
   /// Tiles [0, n) in one at::parallel_for (contiguous, static chunks per thread).
@@ -80,6 +83,7 @@ struct CpuKernels {
 struct CudaKernels {
   static constexpr bool kAlwaysSegmented = false;
   static constexpr bool kParallelTiles = false;
+  static constexpr bool kComplex3M = false;
   static constexpr int64_t kTileBytes = int64_t(128) << 20;
   static constexpr int64_t kMinTile = 256;
   static int num_workers() { return 1; }
