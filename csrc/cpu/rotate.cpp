@@ -18,6 +18,7 @@
 
 #include "so2ops/op_checks.h"
 #include "so2ops/rotate.h"
+#include "so2ops/segments.h"
 
 namespace so2ops {
 namespace {
@@ -82,13 +83,8 @@ void grad_x_scatter(const T* grad, const T* wig, const int64_t* index, int64_t E
   const int nc = num_coeffs(lmax), wsize = wigner_size(lmax);
   // CSR by counting sort: edges of node n are order[start[n] .. start[n+1]),
   // ascending in e (stable), which fixes the summation order.
-  std::vector<int64_t> start(N + 1, 0), order(E);
-  for (int64_t e = 0; e < E; ++e) ++start[index[e] + 1];
-  for (int64_t n = 0; n < N; ++n) start[n + 1] += start[n];
-  {
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t e = 0; e < E; ++e) order[fill[index[e]]++] = e;
-  }
+  std::vector<int64_t> start(N + 1), order(E);
+  segments::counting_sort(index, E, N, order.data(), start.data());
   const int64_t avg_degree = std::max<int64_t>(1, E / std::max<int64_t>(N, 1));
   const int64_t grain = std::max<int64_t>(1, edge_grain(lmax, C) / avg_degree);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {

@@ -23,6 +23,7 @@
 #include "so2ops/layout.h"
 #include "so2ops/so2_message_kernels.h"
 #include "so2ops/so2_message_math.h"
+#include "so2ops/segments.h"
 
 namespace so2ops {
 namespace tiles_base {
@@ -113,21 +114,8 @@ void CpuKernels::wigner_grad(const TileSpec& spec, const at::Tensor& ga, const a
   });
 }
 
-at::Tensor CpuKernels::sort_by(const at::Tensor& key_in, int64_t n) {
-  // Stable counting sort: O(E + n), no comparison sort needed for node ids.
-  const at::Tensor key = key_in.contiguous();
-  const int64_t E = key.numel();
-  const int64_t* k = key.data_ptr<int64_t>();
-  std::vector<int64_t> start(n + 1, 0);
-  for (int64_t e = 0; e < E; ++e) {
-    TORCH_CHECK(k[e] >= 0 && k[e] < n, "so2ops: index ", k[e], " outside [0, ", n, ")");
-    ++start[k[e] + 1];
-  }
-  for (int64_t i = 0; i < n; ++i) start[i + 1] += start[i];
-  at::Tensor perm = at::empty({E}, key.options());
-  int64_t* out = perm.data_ptr<int64_t>();
-  for (int64_t e = 0; e < E; ++e) out[start[k[e]]++] = e;
-  return perm;
+at::Tensor CpuKernels::sort_by(const at::Tensor& key, int64_t n) {
+  return segments::stable_order(key, n);  // stable counting sort, O(E + n)
 }
 
 }  // namespace so2ops

@@ -36,7 +36,11 @@ inline T dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
   return acc;
 }
 
+/// Channels per register block of the blocked loops below (one or two vector registers).
+constexpr int64_t kChanBlock = 16;
+
 /// o[c] = sum_j D^l[i, j] f[j, c]  (or f[i, c] when D is null), i.e. one row of D^l f.
+/// Channel blocks are summed in registers over j (ascending j, as before blocking).
 template <typename T>
 inline void rotate_row(T* __restrict__ o, const T* D, const T* f, int l, int i, int64_t C) {
   if (D == nullptr) {
@@ -45,8 +49,61 @@ inline void rotate_row(T* __restrict__ o, const T* D, const T* f, int l, int i, 
   }
   const int n = 2 * l + 1;
   const T* drow = D + wigner_offset(l) + i * n;
-  scale_into(o, f, drow[0], C);
-  for (int j = 1; j < n; ++j) axpy(o, f + j * C, drow[j], C);
+  int64_t c0 = 0;
+  for (; c0 + kChanBlock <= C; c0 += kChanBlock) {
+    T acc[kChanBlock];
+#pragma omp simd
+    for (int64_t b = 0; b < kChanBlock; ++b) acc[b] = drow[0] * f[c0 + b];
+    for (int j = 1; j < n; ++j) {
+      const T d = drow[j];
+      const T* fj = f + j * C + c0;
+#pragma omp simd
+      for (int64_t b = 0; b < kChanBlock; ++b) acc[b] += d * fj[b];
+    }
+#pragma omp simd
+    for (int64_t b = 0; b < kChanBlock; ++b) o[c0 + b] = acc[b];
+  }
+  if (c0 < C) {
+    scale_into(o + c0, f + c0, drow[0], C - c0);
+    for (int j = 1; j < n; ++j) axpy(o + c0, f + j * C + c0, drow[j], C - c0);
+  }
+}
+
+/// ol[j, c] += sum over the tile rows i = (m, s), |m| <= mtop, of D^l[l + s m, j] y_i[c] for the
+/// positions [pb, pe) of one destination segment.  Each channel block of an output row is kept in
+/// registers; the terms are added in the order (position, m, s) of the unblocked loop.
+template <typename T, int64_t W>
+inline void rotate_out_block(T* __restrict__ ol, const TileSpec& spec, const T* tile, const T* wig, int64_t C, int l,
+                             int mtop, int64_t pb, int64_t pe, int64_t c0, int64_t width) {
+  const int lmax = spec.lmax, nl = 2 * l + 1;
+  const int64_t P = wigner_size(lmax), n = spec.count;
+  const int64_t w = W > 0 ? W : width;
+  for (int j = 0; j < nl; ++j) {
+    T acc[kChanBlock];
+    T* oj = ol + j * C + c0;
+    for (int64_t b = 0; b < w; ++b) acc[b] = oj[b];
+    for (int64_t p = pb; p < pe; ++p) {
+      const T* Dl = wig + edge_at(spec, p) * P + wigner_offset(l);
+      for (int m = 0; m <= mtop; ++m) {
+        for (int s = 0; s < num_signs(m); ++s) {
+          const T d = Dl[(l + (s ? -m : m)) * nl + j];
+          const T* y = tile + tile_index(n, C, lmax, m, p, s, l, c0);
+#pragma omp simd
+          for (int64_t b = 0; b < w; ++b) acc[b] += d * y[b];
+        }
+      }
+    }
+    for (int64_t b = 0; b < w; ++b) oj[b] = acc[b];
+  }
+}
+
+template <typename T>
+inline void rotate_out_segment(T* __restrict__ ol, const TileSpec& spec, const T* tile, const T* wig, int64_t C, int l,
+                               int mtop, int64_t pb, int64_t pe) {
+  int64_t c0 = 0;
+  for (; c0 + kChanBlock <= C; c0 += kChanBlock)
+    rotate_out_block<T, kChanBlock>(ol, spec, tile, wig, C, l, mtop, pb, pe, c0, kChanBlock);
+  if (c0 < C) rotate_out_block<T, 0>(ol, spec, tile, wig, C, l, mtop, pb, pe, c0, C - c0);
 }
 
 // ------------------------------------------------------------------ kernels
@@ -128,7 +185,7 @@ void rotate_in_backward_cpu(const TileSpec& spec, const T* x, int64_t C, const i
 template <typename T>
 void rotate_out_add_cpu(const TileSpec& spec, const T* tile, int64_t C, const int64_t* idx, const T* wig, T* out) {
   const int lmax = spec.lmax, mmax = spec.mmax;
-  const int64_t K = num_coeffs(lmax), P = wigner_size(lmax), n = spec.count;
+  const int64_t K = num_coeffs(lmax), n = spec.count;
   // Segments of equal destination: the tile positions are sorted by idx.
   std::vector<int64_t> heads;
   if (idx) {
@@ -148,26 +205,20 @@ void rotate_out_add_cpu(const TileSpec& spec, const T* tile, int64_t C, const in
     for (int64_t it = begin; it < end; ++it) {
       const int64_t seg = it / (lmax + 1);
       const int l = int(it % (lmax + 1));
-      const int nl = 2 * l + 1, mtop = std::min(l, mmax);
+      const int mtop = std::min(l, mmax);
       const int64_t pb = idx ? heads[seg] : seg, pe = idx ? heads[seg + 1] : seg + 1;
+      if (wig != nullptr) {
+        // every position of the segment writes the same output row
+        const int64_t e0 = edge_at(spec, pb);
+        rotate_out_segment(out + ((idx ? idx[e0] : e0) * K + int64_t(l) * l) * C, spec, tile, wig, C, l, mtop, pb, pe);
+        continue;
+      }
       for (int64_t p = pb; p < pe; ++p) {
         const int64_t e = edge_at(spec, p);
         T* ol = out + ((idx ? idx[e] : e) * K + int64_t(l) * l) * C;
-        if (wig == nullptr) {
-          for (int m = 0; m <= mtop; ++m)
-            for (int s = 0; s < num_signs(m); ++s)
-              axpy(ol + (l + (s ? -m : m)) * C, tile + tile_index(n, C, lmax, m, p, s, l, 0), T(1), C);
-          continue;
-        }
-        const T* Dl = wig + e * P + wigner_offset(l);
-        // out[(l, j)] += sum_i D^l[i, j] y[(l, i)] over the rows i with |m_i| <= mmax.
-        for (int m = 0; m <= mtop; ++m) {
-          for (int s = 0; s < num_signs(m); ++s) {
-            const T* y = tile + tile_index(n, C, lmax, m, p, s, l, 0);
-            const T* drow = Dl + (l + (s ? -m : m)) * nl;
-            for (int j = 0; j < nl; ++j) axpy(ol + j * C, y, drow[j], C);
-          }
-        }
+        for (int m = 0; m <= mtop; ++m)
+          for (int s = 0; s < num_signs(m); ++s)
+            axpy(ol + (l + (s ? -m : m)) * C, tile + tile_index(n, C, lmax, m, p, s, l, 0), T(1), C);
       }
     }
   });

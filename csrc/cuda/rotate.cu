@@ -32,6 +32,7 @@
 
 #include "so2ops/op_checks.h"
 #include "so2ops/rotate.h"
+#include "so2ops/segments.h"
 
 namespace so2ops {
 namespace {
@@ -107,20 +108,20 @@ __global__ void __launch_bounds__(kThreads)
   while ((l + 1) * (l + 1) <= k) ++l;
   const int n = 2 * l + 1, m = k - l * l;
   const int64_t p = t / C, c = t - p * C;
-  const int64_t row = index[order[p]];
+  auto key_at = [&](int64_t q) { return index[order[q]]; };
+  const int64_t row = key_at(p);
   if (row < 0 || row >= N) return;                      // out-of-range rows receive nothing
-  if (p > 0 && index[order[p - 1]] == row) return;      // not the head of its run
   // grad_x = D^T g for the forward D x (transpose flag !inverse, as in grad_x_kernel).
   const bool transpose = !inverse;
   acc_t acc = acc_t(0);
-  for (int64_t q = p; q < E; ++q) {
+  const bool head = segments::for_segment(p, E, key_at, [&](int64_t q) {
     const int64_t e = order[q];
-    if (q != p && index[e] != row) break;
     const scalar_t* d = wig + e * wsize + wigner_offset(l);
     const scalar_t* g = grad + (e * nc + l * l) * C + c;
     for (int mp = 0; mp < n; ++mp)
       acc += acc_t(transpose ? d[mp * n + m] : d[m * n + mp]) * acc_t(g[mp * C]);
-  }
+  });
+  if (!head) return;                                    // not the head of its run
   gx[(row * nc + k) * C + c] = static_cast<scalar_t>(acc);
 }
 
@@ -246,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor> rotate_backward_cuda(const at::Tensor& grad, 
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       } else if (at::globalContext().deterministicAlgorithms()) {
         // Segmented, atomic-free scatter over the edges stably sorted by index.
-        const at::Tensor order = std::get<1>(at::sort(idx, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+        const at::Tensor order = segments::stable_order(idx, N);
         const int64_t blocks = (E * C + kThreads - 1) / kThreads;
         TORCH_CHECK(blocks < (int64_t(1) << 31), "rotate (cuda): E * C too large for one launch");
         grad_x_segmented_kernel<scalar_t, acc_t>

@@ -4,7 +4,7 @@
 // scatter: per tile the |m| <= mmax rows are packed m-major (times the
 // modulation), each order m is one cuBLAS GEMM with the combined weight
 // [[W1^T, W2^T], [-W2^T, W1^T]], and the result is unpacked into the output
-// rows (|m| > mmax rows stay 0).  The tile kernels live in so2_message.cu;
+// rows (|m| > mmax rows stay 0).  The tile kernels live in so2_tiles.cuh (compiled in so2_message.cu);
 // half / bfloat16 inputs are computed in float.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>

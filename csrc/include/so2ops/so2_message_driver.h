@@ -197,8 +197,8 @@ inline WeightSums weight_sums(const WeightViews& w) {
   s.sum.emplace_back();
   s.diff.emplace_back();
   for (size_t m = 1; m < w.w1.size(); ++m) {
-    s.sum.push_back(w.w1[m] + w.w2[m]);
-    s.diff.push_back(w.w1[m] - w.w2[m]);
+    s.sum.push_back(at::add(w.w1[m], w.w2[m]));
+    s.diff.push_back(at::sub(w.w1[m], w.w2[m]));
   }
   return s;
 }

@@ -2,7 +2,7 @@
 //
 // The tiled driver (so2_message_driver.h) is written once against this
 // interface; CpuKernels is defined in csrc/cpu/so2_tiles.cpp (OpenMP through
-// at::parallel_for), CudaKernels in csrc/cuda/so2_message.cu.  The GEMMs in
+// at::parallel_for), CudaKernels in csrc/cuda/so2_tiles.cuh.  The GEMMs in
 // between are at::mm on views of the tile buffers (MKL / cuBLAS).
 //
 // Conventions shared by every kernel:
