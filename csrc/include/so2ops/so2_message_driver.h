@@ -17,9 +17,18 @@
 // so2_linear is the same code with D = identity and src = tgt = identity.
 //
 // Scatters go through a stable order of the edges by their destination when
-// they must be segmented (always on CPU, `deterministic` on CUDA): each output
-// row is then summed by one thread in a fixed order, and tiles run in
-// sequence, so the result is bitwise reproducible.
+// they must be segmented (always on CPU, `deterministic` on CUDA; so2ops/
+// segments.h): each output row is then summed by one thread in a fixed order,
+// so the result is bitwise reproducible.
+//
+// CUDA runs the tiles in sequence, each kernel and GEMM over the whole device.
+// CPU (K::kParallelTiles) opens one parallel region per pass instead: each
+// thread takes a contiguous range of whole tiles and runs every kernel and GEMM
+// of them serially (MKL is single-threaded inside the region), tiles are cut at
+// destination segment boundaries (no two threads write one output row), and the
+// weight gradient is summed per thread, then over threads in thread order
+// (reproducible for a given thread count).  With K::kComplex3M the m > 0 blocks
+// are complex products done with three real GEMMs instead of four (see below).
 #pragma once
 
 // Fine-grained ATen headers only: this header is compiled by nvcc too.
@@ -421,13 +430,13 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   const int64_t* perm_ptr = perm.defined() ? perm.data_ptr<int64_t>() : nullptr;
   const TilePlan plan = plan_tiles<K>(E, per_edge, (K::kParallelTiles && segmented && need_x) ? src : nullptr,
                                       perm_ptr);
-  // One weight-gradient accumulator per worker (the output itself when the tiles run in sequence).
+  // One weight-gradient accumulator per worker: the output itself for worker 0, zeros for the others.
   const int workers = plan.parallel ? K::num_workers() : 1;
-  at::Tensor gw_all;
+  at::Tensor gw_more;
   std::vector<WeightViews> gwv;
   if (need_w) {
-    if (workers > 1) gw_all = at::zeros({workers, out.weight.numel()}, out.weight.options());
-    for (int w = 0; w < workers; ++w) gwv.push_back(weight_views(workers > 1 ? gw_all.select(0, w) : out.weight, d));
+    if (workers > 1) gw_more = at::zeros({workers - 1, out.weight.numel()}, out.weight.options());
+    for (int w = 0; w < workers; ++w) gwv.push_back(weight_views(w == 0 ? out.weight : gw_more.select(0, w - 1), d));
   }
   const auto opts = x.options().dtype(acc);
   const at::Tensor none;
@@ -486,7 +495,7 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
     }
   });
   if (need_w && workers > 1) {
-    for (int w = 0; w < workers; ++w) out.weight.add_(gw_all.select(0, w));
+    for (int w = 1; w < workers; ++w) out.weight.add_(gw_more.select(0, w - 1));
   }
 }
 
