@@ -6,6 +6,7 @@ e3nn basis, docs/conventions.md), ``C`` sphere channels, ``H`` hidden channels,
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -54,8 +55,7 @@ class RadialMLP(nn.Sequential):
 
 def _bias_rows(bias: torch.Tensor, lmax: int) -> torch.Tensor:
     """``[L0, C] -> [K, C]``: the bias on rows ``(l, 0)``, zero elsewhere (differentiable)."""
-    idx = torch.tensor(m0_rows(lmax), device=bias.device)
-    return bias.new_zeros(num_coeffs(lmax), bias.shape[1]).index_copy(0, idx, bias)
+    return bias.new_zeros(num_coeffs(lmax), bias.shape[1]).index_copy(0, _m0_index(lmax, bias.device), bias)
 
 
 # ---------------------------------------------------------------------- lean path
@@ -72,7 +72,10 @@ def _rows(l: int) -> slice:
     return slice(l * l, (l + 1) * (l + 1))
 
 
-def _m0_index(lmax: int, device) -> torch.Tensor:
+@functools.lru_cache(maxsize=None)
+def _m0_index(lmax: int, device: torch.device) -> torch.Tensor:
+    """Rows ``(l, 0)`` as an int64 tensor on ``device``, built once per (lmax, device): no
+    host-to-device copy per call (which would also break CUDA-graph capture)."""
     return torch.tensor(m0_rows(lmax), device=device)
 
 
