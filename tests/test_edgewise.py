@@ -13,7 +13,7 @@ import torch
 import so2ops
 from so2ops.dispatch import runnable
 from so2ops.nn import EdgeDegreeEmbedding, SO2EdgeLinear, SO2EdgewiseBlock
-from so2ops.nn import edgewise as edgewise_module
+from so2ops.nn import edgewise_lean as edgewise_module
 
 from _helpers import assert_close
 
@@ -279,21 +279,23 @@ def saved_bytes(module, *args) -> int:
 
 
 def test_lean_saved_bytes():
-    """The lean block keeps about K H + lmax H numbers per edge for the backward (conv1's output and the
-    gates; plus inputs, parameters and the small radial activations); the plain composition keeps about
-    K (4 C + 3 H) + NM 2C + (lmax+1) 2C: it does not fit the lean bound."""
-    lmax, mmax, c, h, n = 3, 2, 16, 16, 12
+    """The lean block keeps about R H + lmax H numbers per edge for the backward (conv1's output on the
+    R rows |m| <= mmax and the gate logits; plus inputs, parameters and the small radial activations);
+    the plain composition keeps about K (4 C + 3 H) + NM 2C + (lmax+1) 2C: it does not fit the lean bound."""
+    lmax, mmax, c, h, n = 3, 1, 16, 16, 12
     dtype = torch.float32
     plain, lean, gen = _lean_pair(lmax, mmax, c, h, dtype, 41)
     pos, ei, x, ea, env = _inputs(lmax, c, n, dtype, gen)
     e, k = ei.shape[1], (lmax + 1) ** 2
+    r = sum(2 * min(l, mmax) + 1 for l in range(lmax + 1))  # rows |m| <= mmax
+    assert r < k
     x = x.requires_grad_()
     ea = ea.requires_grad_()
     w = so2ops.edge_wigner(pos[ei[1]] - pos[ei[0]], lmax)
     params = sum(p.numel() for p in lean.parameters())
     hidden_mlp = 6
-    per_edge = (k * h              # conv1's output
-                + lmax * h         # the gates (sigmoid output = the consumer Function's input)
+    per_edge = (r * h              # conv1's output, rows |m| <= mmax only
+                + lmax * h         # the gate logits
                 + so2ops.wigner_size(lmax) + 1 + 2  # Wigner, envelope, indices (int64 = 2 x float32)
                 + EDGE_ATTR + 4 * hidden_mlp + 2)   # the radial MLP: its activations, LayerNorm statistics
     bound = 4 * (e * per_edge + x.numel() + params + 64)
