@@ -60,6 +60,8 @@ class Impl:
             (the ``reference`` backend is a backend *and* the plain-PyTorch baseline).
         mem_estimate: ``(shape, itemsize) -> bytes`` when this impl needs far more
             memory than the entry's estimate (cases beyond the budget are skipped).
+        memory: measure its peak memory (False: a bound such as the GEMM floor, whose
+            buffers are allocated outside the step, has no meaningful peak).
     """
 
     name: str
@@ -71,6 +73,7 @@ class Impl:
     is_baseline: bool = False
     note: str = ""
     mem_estimate: Optional[Callable[[Dict, int], int]] = None
+    memory: bool = True
 
 
 @dataclass

@@ -228,7 +228,7 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
                 with w.context():
                     fn = step(w, mode, opts.seed + 1)
                     r["time_s"] = timer(fn, budget)
-                    if mode == "fwdbwd" and opts.memory and case.memory and dev.type == "cuda":
+                    if mode == "fwdbwd" and opts.memory and case.memory and impl.memory and dev.type == "cuda":
                         r["peak_mem_bytes"] = memory.measure_cuda(fn)
                 del fn
             except Exception as exc:  # noqa: BLE001
@@ -240,7 +240,8 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
                 med = r["time_s"]["median"]
                 r["flops"], r["bytes"] = int(c.flops), int(c.bytes)
                 r["flops_per_s"], r["bytes_per_s"] = c.flops / med, c.bytes / med
-            if mode == "fwdbwd" and opts.memory and case.memory and dev.type == "cpu" and w.grad_inputs:
+            if (mode == "fwdbwd" and opts.memory and case.memory and impl.memory and dev.type == "cpu"
+                    and w.grad_inputs):
                 mem_jobs.append((r, {"entry": entry.name, "shape": shape, "dtype": dtype_name(dtype),
                                      "impl": impl.name, "seed": opts.seed}))
             rows.append(r)

@@ -25,7 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import so2ops
-from bench import SCHEMA_VERSION, memory
+from bench import SCHEMA_VERSION, gemm_floor, memory
 from bench.baselines import e3nn_tp, escn_dense
 from bench.compare import compare
 from bench.runner import run_case as _REAL_RUN_CASE
@@ -168,6 +168,27 @@ def test_flop_counts_match_brute_force(lmax, mmax):
     v = W.ENTRY.make_inputs(sh, torch.float64, CPU, 0)["edge_vec"].requires_grad_(True)
     got = _fwd_bwd(lambda: so2ops.reference.edge_wigner(v, lmax), [v])
     assert got == (W.ENTRY.count(sh, "fwd", 8).flops, W.ENTRY.count(sh, "bwd", 8).flops)
+
+
+@pytest.mark.parametrize("lmax,mmax,cin,cout", [(0, 0, 3, 5), (2, 1, 4, 3), (4, 2, 6, 2), (3, 3, 2, 7)])
+def test_gemm_floor_counts_the_3m_products(lmax, mmax, cin, cout):
+    """The GEMM floor multiplies exactly the packed SO(2) weights: the m = 0 block once, and each
+    m > 0 pair (W1, W2) with three GEMMs of one block's size (1.5 x its two blocks, not 2 x);
+    its workload runs a training step and its FLOP count is fwd + 2 fwd minus the skipped input grads."""
+    gemms = gemm_floor.so2_gemms(lmax, mmax, cin, cout)
+    blocks = so2ops.layout.weight_blocks(lmax, mmax, cin, cout)
+    m0 = sum(rows * cols for m, _, _, rows, cols in blocks if m == 0)
+    mpos = sum(rows * cols for m, _, _, rows, cols in blocks if m > 0)
+    assert sum(k * n for k, n, _ in gemms) * 2 == 2 * m0 + 3 * mpos
+    e = 5
+    fwd = gemm_floor.count(gemms, e, "fwd", 4).flops
+    assert gemm_floor.count(gemms, e, "fwdbwd", 4).flops == 3 * fwd
+    no_input = gemm_floor.so2_gemms(lmax, mmax, cin, cout, input_grad=False)
+    assert gemm_floor.count(no_input, e, "bwd", 4).flops == fwd
+    w = gemm_floor.workload(gemms, e, torch.float32, CPU)
+    out = w.forward()
+    (g,) = torch.autograd.grad(out, w.grad_inputs, torch.ones_like(out))
+    assert torch.isfinite(g).all()
 
 
 @pytest.mark.parametrize("lmax,mmax,nu", [(1, 0, 1), (1, 1, 2), (2, 1, 3), (4, 2, 3), (4, 4, 4)])

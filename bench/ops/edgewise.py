@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import gemm_floor
 from .. import inputs as inp
 from ..baselines import fairchem_general
 from ..registry import Case, Entry, Impl, Workload, register
@@ -50,6 +51,11 @@ class Edgewise(msg.SO2Message):
         impls = [i for i in super().impls(device) if i.kind == "backend"]
         reason = fairchem_general.available()
         impls.append(Impl(
+            "gemm_floor", "baseline", _floor_build, same_math=False, memory=False,
+            count=lambda shape, mode, isz: gemm_floor.count(_floor_gemms(shape), shape["E"], mode, isz),
+            note="bound, not an implementation: only the conv's GEMMs (3M form, whole edge set, nothing "
+                 "recomputed); fairchem_general / gemm_floor is the best speedup reachable at this FLOP count"))
+        impls.append(Impl(
             "fairchem_general", "baseline", _fairchem_build, is_baseline=True,
             mem_estimate=fairchem_general.mem_estimate, skip=lambda shape, dtype: reason,
             note=f"FAIR-Chem {fairchem_general.VERSION} general path: x[src], truncated m-major Wigner bmm, "
@@ -61,7 +67,12 @@ class Edgewise(msg.SO2Message):
         fast = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
         out = []
         for r in rows:
-            if r["entry"] != self.name or r["impl"] not in fast or r["mode"] != "fwdbwd" or r["dtype"] != "float32":
+            if r["entry"] != self.name or r["mode"] != "fwdbwd" or r["dtype"] != "float32":
+                continue
+            if r["impl"] == "gemm_floor":
+                out.append(gemm_floor.ceiling_target(self.name, r, SPEEDUP_GOAL))
+                continue
+            if r["impl"] not in fast:
                 continue
             for metric, key, goal, cmp in (("speedup vs fairchem_general", "speedup", SPEEDUP_GOAL, ">="),
                                            ("peak memory / fairchem_general", "mem_ratio", MEM_GOAL, "<=")):
@@ -71,6 +82,14 @@ class Edgewise(msg.SO2Message):
                             "value": value, "met": met, "binding": False, "shape": r["shape"],
                             "note": "" if value is not None else f"not measured ({r['status']}: {r.get('note', '')})"})
         return out
+
+
+def _floor_gemms(shape):
+    return gemm_floor.so2_gemms(shape["lmax"], shape["mmax"], shape["C"], shape["C"])
+
+
+def _floor_build(inputs, shape):
+    return gemm_floor.workload(_floor_gemms(shape), shape["E"], inputs["x"].dtype, inputs["x"].device)
 
 
 def _fairchem_build(inputs, shape):

@@ -40,6 +40,7 @@ import torch
 
 from so2ops.layout import num_coeffs, num_mod
 
+from .. import gemm_floor
 from .. import inputs as inp
 from ..baselines import fairchem_general
 from ..counts import Count, combine, rotate_macs, so2_macs
@@ -150,6 +151,11 @@ class EdgewiseBlock(Entry):
             impls.append(Impl(label, "backend", _so2ops_builder(fast, lean, chunk), skip=lambda shape, dtype: reason,
                               mem_estimate=_so2ops_mem, note=f"SO2EdgewiseBlock converted from FAIR-Chem's, {what}"))
         impls.append(Impl(
+            "gemm_floor", "baseline", _floor_build, same_math=False, memory=False,
+            count=lambda shape, mode, isz: gemm_floor.count(_floor_gemms(shape), shape["E"], mode, isz),
+            note="bound, not an implementation: only the block's GEMMs (3M form, whole edge set, nothing "
+                 "recomputed); fairchem_general / gemm_floor is the best speedup reachable at this FLOP count"))
+        impls.append(Impl(
             "fairchem_general", "baseline", _fairchem_build, is_baseline=True, mem_estimate=_fairchem_mem,
             skip=lambda shape, dtype: reason,
             note=f"FAIR-Chem {fairchem_general.VERSION} Edgewise, ExecutionBackend (general path): gather+cat, "
@@ -177,7 +183,12 @@ class EdgewiseBlock(Entry):
         fast = {name.replace("cpu", "cuda" if device.type == "cuda" else "cpu", 1) for name in VARIANTS}
         out = []
         for r in rows:
-            if r["entry"] != self.name or r["impl"] not in fast or r["mode"] != "fwdbwd" or r["dtype"] != "float32":
+            if r["entry"] != self.name or r["mode"] != "fwdbwd" or r["dtype"] != "float32":
+                continue
+            if r["impl"] == "gemm_floor":
+                out.append(gemm_floor.ceiling_target(self.name, r, SPEEDUP_GOAL))
+                continue
+            if r["impl"] not in fast:
                 continue
             goals = [("speedup vs fairchem_general", "speedup", SPEEDUP_GOAL, ">="),
                      ("peak memory / fairchem_general", "mem_ratio", MEM_GOAL, "<=")]
@@ -192,6 +203,19 @@ class EdgewiseBlock(Entry):
                             "shape": r["shape"],
                             "note": "" if value is not None else f"not measured ({r['status']}: {r.get('note', '')})"})
         return out
+
+
+def _floor_gemms(shape):
+    lmax, mmax, c, h = shape["lmax"], shape["mmax"], shape["C"], shape["H"]
+    gemms = gemm_floor.so2_gemms(lmax, mmax, 2 * c, h) + gemm_floor.so2_gemms(lmax, mmax, h, c)
+    gemms.append((EDGE_LIST[-1], num_mod(lmax, mmax) * 2 * c, True))  # the radial MLP's last layer
+    if lmax > 0:
+        gemms.append(((lmax + 1) * 2 * c, lmax * h, True))  # the gate logits
+    return gemms
+
+
+def _floor_build(inputs, shape):
+    return gemm_floor.workload(_floor_gemms(shape), shape["E"], inputs["x"].dtype, inputs["x"].device)
 
 
 def _so2ops_mem(shape, itemsize):
