@@ -228,6 +228,43 @@ def test_no_host_sync_per_call(backend):
             torch.cuda.set_sync_debug_mode("default")
 
 
+def test_triton_assemble_blocks_reads_no_host_value_per_call(monkeypatch):
+    """Triton ``assemble_blocks`` sizes its launch by a host-side bound and reads the unit count on the
+    device: after the first call (which reads the block table's bound once), forward and backward read
+    no tensor value on the host (any ``int()`` / ``.item()`` / ``.tolist()`` / ``bool()`` of a tensor raises
+    here), and the results equal the reference backend's."""
+    require("triton", "cpu")
+    g = torch.Generator().manual_seed(3)
+    layout = so2ops.BasisLayout({1: [0, 0, 1], 6: [0, 0, 0, 1, 1, 2], 8: [0, 1]}, name="mixed")
+    z = torch.tensor([8, 1, 1, 6, 1])
+    batch = torch.tensor([0, 0, 0, 1, 1])
+    items = torch.tensor([[0, 0], [1, 1], [2, 2], [0, 1], [0, 2], [1, 2], [3, 3], [4, 4], [3, 4]])
+    invariant = torch.zeros(items.shape[0], dtype=torch.bool)
+    c = so2ops.block_channels(layout, 4)  # d shells: features of degree 4
+    x = torch.randn(items.shape[0], 25, c, dtype=torch.float64, generator=g)
+    w = so2ops.reference.edge_wigner(torch.randn(items.shape[0], 3, dtype=torch.float64, generator=g), 2)
+    index = so2ops.HamiltonianIndex.build(layout, z, batch)
+
+    def run(backend):
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with so2ops.use_backend(backend), so2ops.value_checks(False):
+            h = so2ops.assemble_blocks(xx, ww, layout, z, items, batch, invariant, index=index)
+            gx, gw = torch.autograd.grad(h.square().sum(), (xx, ww))
+        return h, gx, gw
+
+    run("triton")  # warm-up: the block tables and their bound
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host read of a tensor value inside the op")
+
+    with monkeypatch.context() as m:
+        for name in ("__int__", "__index__", "item", "tolist", "__bool__"):
+            m.setattr(torch.Tensor, name, refuse)
+        got = run("triton")
+    for a, b in zip(got, run("reference")):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 # ------------------------------------------------------------------ no silent fallback
 def test_missing_extension_warns_once(monkeypatch):
     """A failed ``import so2ops._C`` is reported (once), with the ImportError's text."""

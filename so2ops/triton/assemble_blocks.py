@@ -1,8 +1,10 @@
 """Triton ``assemble_blocks``: matches ``so2ops.reference.assemble_blocks``.
 
-Work units: one per (item, shell pair of the item's type), listed on the host
-with a few torch ops per call (``_units``: items in order, each item's shell
-pairs contiguous).  A program handles ``BU`` consecutive units (``BU = 1`` on a
+Work units: one per (item, shell pair of the item's type), listed with a few
+torch ops per call (``_units``: items in order, each item's shell pairs
+contiguous) without a host synchronisation: the lists and the launch grid are
+sized by a host-side bound (items x the most shell pairs of one item type, read
+once per block table) and the kernels read the true count on the device.  A program handles ``BU`` consecutive units (``BU = 1`` on a
 GPU for ``g`` shells, more for smaller tiles), each on ``NP x NP`` register tiles,
 ``NP = next_pow2(2 * lmax_shell + 1)`` (<= 16), masked to the shell sizes
 ``n1 = 2 l1 + 1``, ``n2 = 2 l2 + 1``:
@@ -35,6 +37,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..dispatch import register_impl
 from .rotate import acc_dtype, tl_acc
@@ -74,11 +77,14 @@ def _woff(l):
 def _unit(
     feat_ptr, wig_ptr, unit_item_ptr, unit_sp_ptr, atoms_ptr, inv_ptr, atom_ao_ptr, atom_mol_ptr,
     mol_off_ptr, mol_nao_ptr, sp_info_ptr, esrc_ptr, ecoef_ptr, inv_src_ptr, basis_ptr,
-    W, KC, PW, NP: tl.constexpr, BU: tl.constexpr, ACC: tl.constexpr,
+    W_ptr, KC, PW, NP: tl.constexpr, BU: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Everything ``BU`` work units need: local blocks, both ``M``, output addresses (``[BU, NP, NP]`` tiles)."""
+    """Everything ``BU`` work units need: local blocks, both ``M``, output addresses (``[BU, NP, NP]`` tiles).
+
+    ``W_ptr`` points at the number of units (read on the device: the launch covers a host-side bound).
+    """
     u = tl.program_id(0).to(tl.int64) * BU + tl.arange(0, BU).to(tl.int64)
-    mu = u < W
+    mu = u < tl.load(W_ptr)
     item = tl.load(unit_item_ptr + u, mask=mu, other=0)
     sp = tl.load(unit_sp_ptr + u, mask=mu, other=0)
     info = sp_info_ptr + sp * 6
@@ -148,12 +154,15 @@ def _unit(
 def _assemble_fwd_kernel(
     feat_ptr, wig_ptr, unit_item_ptr, unit_sp_ptr, atoms_ptr, inv_ptr, atom_ao_ptr, atom_mol_ptr,
     mol_off_ptr, mol_nao_ptr, sp_info_ptr, esrc_ptr, ecoef_ptr, inv_src_ptr, basis_ptr, out_ptr,
-    W, KC, PW, NP: tl.constexpr, BU: tl.constexpr, ACC: tl.constexpr,
+    W_ptr, KC, PW, NP: tl.constexpr, BU: tl.constexpr, ACC: tl.constexpr,
 ):
+    if tl.program_id(0).to(tl.int64) * BU >= tl.load(W_ptr):
+        return  # past the last unit (the grid covers a host-side bound)
     (u, mu, inv, sym, n1, n2, ra, cb, m11, m12, m22, eye, xoff, tab, s0, s1, k0, k1, iok, isrc,
      B, U1, U2, M1, M2, idx, idx_t) = _unit(
         feat_ptr, wig_ptr, unit_item_ptr, unit_sp_ptr, atoms_ptr, inv_ptr, atom_ao_ptr, atom_mol_ptr,
-        mol_off_ptr, mol_nao_ptr, sp_info_ptr, esrc_ptr, ecoef_ptr, inv_src_ptr, basis_ptr, W, KC, PW, NP, BU, ACC)
+        mol_off_ptr, mol_nao_ptr, sp_info_ptr, esrc_ptr, ecoef_ptr, inv_src_ptr, basis_ptr, W_ptr, KC, PW, NP, BU,
+        ACC)
     H = _mm_nt(_mm(M1, B), M2)
     H = tl.where(sym, 0.5 * (H + _t(H)), H)
     Ho = H.to(out_ptr.dtype.element_ty)
@@ -165,13 +174,16 @@ def _assemble_fwd_kernel(
 def _assemble_bwd_kernel(
     grad_ptr, feat_ptr, wig_ptr, unit_item_ptr, unit_sp_ptr, atoms_ptr, inv_ptr, atom_ao_ptr, atom_mol_ptr,
     mol_off_ptr, mol_nao_ptr, sp_info_ptr, esrc_ptr, ecoef_ptr, inv_src_ptr, basis_ptr,
-    gfeat_ptr, part_ptr, part_off_ptr, W, KC, PW,
+    gfeat_ptr, part_ptr, part_off_ptr, W_ptr, KC, PW,
     NEED_F: tl.constexpr, NEED_W: tl.constexpr, NP: tl.constexpr, BU: tl.constexpr, ACC: tl.constexpr,
 ):
+    if tl.program_id(0).to(tl.int64) * BU >= tl.load(W_ptr):
+        return  # past the last unit (the grid covers a host-side bound)
     (u, mu, inv, sym, n1, n2, ra, cb, m11, m12, m22, eye, xoff, tab, s0, s1, k0, k1, iok, isrc,
      B, U1, U2, M1, M2, idx, idx_t) = _unit(
         feat_ptr, wig_ptr, unit_item_ptr, unit_sp_ptr, atoms_ptr, inv_ptr, atom_ao_ptr, atom_mol_ptr,
-        mol_off_ptr, mol_nao_ptr, sp_info_ptr, esrc_ptr, ecoef_ptr, inv_src_ptr, basis_ptr, W, KC, PW, NP, BU, ACC)
+        mol_off_ptr, mol_nao_ptr, sp_info_ptr, esrc_ptr, ecoef_ptr, inv_src_ptr, basis_ptr, W_ptr, KC, PW, NP, BU,
+        ACC)
     G = tl.load(grad_ptr + idx, mask=m12, other=0.0).to(ACC)
     Gt = tl.load(grad_ptr + idx_t, mask=m12 & (~sym), other=0.0).to(ACC)
     G = tl.where(sym, 0.5 * (G + _t(G)), G + Gt)
@@ -224,18 +236,40 @@ def _wigner_reduce_kernel(
 
 
 # ------------------------------------------------------------------ host side
+#: block table ``sp_start`` -> (its version, the most shell pairs of one item type): a host int read
+#: once per table (one synchronisation, normally at the first, uncaptured call), not once per call
+_MAX_PAIRS = WeakIdKeyDictionary()
+
+
+def _max_pairs(sp_start: torch.Tensor) -> int:
+    hit = _MAX_PAIRS.get(sp_start)
+    if hit is None or hit[0] != sp_start._version:
+        n = int((sp_start[1:] - sp_start[:-1]).max()) if sp_start.numel() > 1 else 0
+        hit = (sp_start._version, n)
+        _MAX_PAIRS[sp_start] = hit
+    return hit[1]
+
+
 def _units(item_type: torch.Tensor, sp_start: torch.Tensor):
-    """``(unit_item [W], unit_sp [W], unit_start [I+1])``: the (item, shell pair) work units."""
+    """``(unit_item [Wb], unit_sp [Wb], unit_start [I+1], Wb)``: the (item, shell pair) work units.
+
+    No host synchronisation: the unit lists are sized by the host-side bound
+    ``Wb = items x (most shell pairs of one type)``; the true count ``W = unit_start[I]``
+    stays on the device and the kernels read it (positions ``>= W`` hold item ``I - 1`` and
+    shell pair 0: valid addresses, never used).
+    """
     n_items = item_type.shape[0]
     dev = item_type.device
     first = sp_start.index_select(0, item_type)
     cnt = sp_start.index_select(0, item_type + 1) - first
     unit_start = torch.zeros(n_items + 1, dtype=torch.int64, device=dev)
     torch.cumsum(cnt, 0, out=unit_start[1:])
-    w = int(unit_start[-1])  # one host sync: the launch size
-    unit_item = torch.repeat_interleave(torch.arange(n_items, device=dev), cnt, output_size=w)
-    unit_sp = first.index_select(0, unit_item) + torch.arange(w, device=dev) - unit_start.index_select(0, unit_item)
-    return unit_item.contiguous(), unit_sp.contiguous(), unit_start
+    wb = n_items * _max_pairs(sp_start)
+    pos = torch.arange(wb, device=dev)
+    unit_item = torch.searchsorted(unit_start[1:], pos, right=True).clamp_(max=max(n_items - 1, 0))
+    unit_sp = first.index_select(0, unit_item) + pos - unit_start.index_select(0, unit_item)
+    unit_sp = torch.where(pos < unit_start[-1], unit_sp, torch.zeros_like(unit_sp))
+    return unit_item.contiguous(), unit_sp.contiguous(), unit_start, wb
 
 
 def _tile(lmax_shell: int, device: torch.device, dtype: torch.dtype):
@@ -262,7 +296,7 @@ def _common(features, wigner, item_atoms, item_type, invariant, atom_ao, atom_mo
     inv = invariant.contiguous()
     if inv.dtype == torch.bool:
         inv = inv.view(torch.uint8)
-    unit_item, unit_sp, unit_start = _units(item_type.contiguous(), sp_start.contiguous())
+    unit_item, unit_sp, unit_start, _ = _units(item_type.contiguous(), sp_start.contiguous())
     tensors = (features, wigner, unit_item, unit_sp, item_atoms.contiguous(), inv, atom_ao.contiguous(),
                atom_mol.contiguous(), mol_offset.contiguous(), mol_nao.contiguous(), sp_info.contiguous(),
                entry_src.contiguous(), entry_coef.contiguous(), inv_src.contiguous(), basis_change.contiguous())
@@ -277,15 +311,15 @@ def assemble_blocks_forward(features, wigner, item_atoms, item_type, invariant, 
     out = torch.zeros(total, dtype=features.dtype, device=features.device)
     if features.shape[0] == 0 or total == 0:
         return out
-    tensors, _, kc, pw = _common(features, wigner, item_atoms, item_type, invariant, atom_ao, atom_mol,
-                                 mol_offset, mol_nao, sp_start, sp_info, entry_src, entry_coef, inv_src,
-                                 basis_change)
-    w = tensors[2].shape[0]
-    if w == 0:
+    tensors, unit_start, kc, pw = _common(features, wigner, item_atoms, item_type, invariant, atom_ao, atom_mol,
+                                          mol_offset, mol_nao, sp_start, sp_info, entry_src, entry_coef, inv_src,
+                                          basis_change)
+    wb = tensors[2].shape[0]  # host-side bound of the unit count
+    if wb == 0:
         return out
     np_, bu, nw = _tile(lmax_shell, features.device, features.dtype)
-    _assemble_fwd_kernel[(triton.cdiv(w, bu),)](*tensors, out, w, kc, pw, NP=np_, BU=bu,
-                                                 ACC=tl_acc(features.dtype), num_warps=nw)
+    _assemble_fwd_kernel[(triton.cdiv(wb, bu),)](*tensors, out, unit_start[-1:], kc, pw, NP=np_, BU=bu,
+                                                  ACC=tl_acc(features.dtype), num_warps=nw)
     return out
 
 
@@ -307,18 +341,21 @@ def assemble_blocks_backward(grad, features, wigner, item_atoms, item_type, inva
                                               atom_mol, mol_offset, mol_nao, sp_start, sp_info, entry_src,
                                               entry_coef, inv_src, basis_change)
         unit_sp = tensors[3]
-        w = unit_sp.shape[0]
-        if w:
+        wb = unit_sp.shape[0]  # host-side bound of the unit count
+        if wb:
             np_, bu, nw = _tile(lmax_shell, dev, features.dtype)
             if need_wigner:
                 info = sp_info.index_select(0, unit_sp)
                 size = (2 * info[:, 0] + 1) ** 2 + (2 * info[:, 1] + 1) ** 2
+                size = torch.where(torch.arange(wb, device=dev) < unit_start[-1], size, torch.zeros_like(size))
                 part_off = torch.cumsum(size, 0) - size
-                part = torch.empty(int(size.sum()), dtype=adt, device=dev)
+                # sized by the bound (two (2 lmax_shell + 1)^2 blocks per unit): no host read of the sum
+                part = torch.empty(wb * 2 * (2 * lmax_shell + 1) ** 2, dtype=adt, device=dev)
             else:
                 part_off = part = unit_sp  # never dereferenced
-            _assemble_bwd_kernel[(triton.cdiv(w, bu),)](
-                grad.contiguous(), *tensors, gf_acc if need_features else grad, part, part_off, w, kc, pw,
+            _assemble_bwd_kernel[(triton.cdiv(wb, bu),)](
+                grad.contiguous(), *tensors, gf_acc if need_features else grad, part, part_off, unit_start[-1:], kc,
+                pw,
                 NEED_F=bool(need_features), NEED_W=bool(need_wigner), NP=np_, BU=bu, ACC=tl_acc(features.dtype),
                 num_warps=nw,
             )
