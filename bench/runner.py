@@ -37,7 +37,7 @@ import so2ops
 from . import SCHEMA_VERSION, device as devinfo, memory, peaks as peaktab
 from .checkpoint import Checkpoint, ResumeState, case_key, fingerprint
 from .registry import Case, Entry, Impl, Workload
-from .timer import Budget, timer_for, timer_name
+from .timer import Budget, time_cpu_interleaved, timer_for, timer_name
 from .workloads import dtype_name, seeded_like, step
 
 #: Relative Frobenius-norm tolerance of outputs and gradients against the oracle.
@@ -207,6 +207,7 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
 
     # ---- timing and memory
     timer = timer_for(dev)
+    timed: List[Tuple] = []  # (impl, w, mode, row, budget), in row order
     for impl, w in built:
         chk = checks[impl.name]
         if chk["status"] in ("fail", "error"):
@@ -214,7 +215,6 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
             rows += rows_with(impl, "failed", note, chk)
             _log(opts, f"[{entry.name} {_shape_text(shape)} {dtype_name(dtype)}] {impl.name}: {note}")
             continue
-        count_fn = impl.count or entry.count
         budget, slow = opts.budget, check_s.get(impl.name, 0.0) > opts.slow_call_s
         if slow:
             # seconds per call: one repetition per mode, no warm-up beyond the check itself
@@ -224,29 +224,56 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
             r["check"] = chk
             if slow:
                 r["note"] = (r["note"] + "; " if r["note"] else "") + f"slow ({check_s[impl.name]:.0f} s per fwd+bwd): 1 repetition"
-            try:
-                with w.context():
-                    fn = step(w, mode, opts.seed + 1)
-                    r["time_s"] = timer(fn, budget)
-                    if mode == "fwdbwd" and opts.memory and case.memory and impl.memory and dev.type == "cuda":
-                        r["peak_mem_bytes"] = memory.measure_cuda(fn)
-                del fn
-            except Exception as exc:  # noqa: BLE001
-                r["status"], r["note"] = "error", f"{type(exc).__name__}: {exc}"
-                rows.append(r)
-                continue
-            c = count_fn(shape, mode, isz)
-            if c is not None:
-                med = r["time_s"]["median"]
-                r["flops"], r["bytes"] = int(c.flops), int(c.bytes)
-                r["flops_per_s"], r["bytes_per_s"] = c.flops / med, c.bytes / med
-            if (mode == "fwdbwd" and opts.memory and case.memory and impl.memory and dev.type == "cpu"
-                    and w.grad_inputs):
-                mem_jobs.append((r, {"entry": entry.name, "shape": shape, "dtype": dtype_name(dtype),
-                                     "impl": impl.name, "seed": opts.seed}))
+            timed.append((impl, w, mode, r, budget))
+    # CPU: the fwd and fwdbwd rows of the case side by side (their repetitions spread over common rounds,
+    # so a drift of the machine's speed hits every row alike); bwd rows (each holds a retained graph)
+    # and every GPU row one at a time
+    together = [i for i, t in enumerate(timed) if dev.type == "cpu" and t[2] != "bwd"]
+    results: List = [None] * len(timed)
+    fns = []
+    for i in together:
+        impl, w, mode, r, budget = timed[i]
+        try:
+            with w.context():
+                fns.append((step(w, mode, opts.seed + 1), w.context, budget))
+        except Exception as exc:  # noqa: BLE001
+            results[i] = exc
+            fns.append(None)
+    live = [(i, f) for i, f in zip(together, fns) if f is not None]
+    for (i, _), res in zip(live, time_cpu_interleaved([f for _, f in live])):
+        results[i] = res
+    del fns, live
+    for i, (impl, w, mode, r, budget) in enumerate(timed):
+        if i in together:
+            continue
+        try:
+            with w.context():
+                fn = step(w, mode, opts.seed + 1)
+                results[i] = timer(fn, budget)
+                if mode == "fwdbwd" and opts.memory and case.memory and impl.memory and dev.type == "cuda":
+                    r["peak_mem_bytes"] = memory.measure_cuda(fn)
+            del fn
+        except Exception as exc:  # noqa: BLE001
+            results[i] = exc
+    for (impl, w, mode, r, budget), res in zip(timed, results):
+        if isinstance(res, Exception):
+            r["status"], r["note"] = "error", f"{type(res).__name__}: {res}"
             rows.append(r)
-            _log(opts, f"[{entry.name} {_shape_text(shape)} {dtype_name(dtype)}] {impl.name:10s} {mode:6s} "
-                       f"{r['time_s']['median'] * 1e3:9.3f} ms  (check {chk['status']})")
+            continue
+        r["time_s"] = res
+        c = (impl.count or entry.count)(shape, mode, isz)
+        if c is not None:
+            med = r["time_s"]["median"]
+            r["flops"], r["bytes"] = int(c.flops), int(c.bytes)
+            r["flops_per_s"], r["bytes_per_s"] = c.flops / med, c.bytes / med
+        if (mode == "fwdbwd" and opts.memory and case.memory and impl.memory and dev.type == "cpu"
+                and w.grad_inputs):
+            mem_jobs.append((r, {"entry": entry.name, "shape": shape, "dtype": dtype_name(dtype),
+                                 "impl": impl.name, "seed": opts.seed}))
+        rows.append(r)
+        _log(opts, f"[{entry.name} {_shape_text(shape)} {dtype_name(dtype)}] {impl.name:10s} {mode:6s} "
+                   f"{r['time_s']['median'] * 1e3:9.3f} ms  (check {r['check']['status']})")
+    del timed, results
     del built, inputs
     gc.collect()
     if dev.type == "cuda":

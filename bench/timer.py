@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Callable, ContextManager, Dict, List, Sequence, Tuple, Union
 
 import torch
 
@@ -56,6 +56,51 @@ def time_cpu(fn: Callable[[], object], budget: Budget) -> Dict[str, float]:
     return summarize(times)
 
 
+def time_cpu_interleaved(
+        calls: Sequence[Tuple[Callable[[], object], Callable[[], ContextManager], Budget]],
+) -> List[Union[Dict[str, float], Exception]]:
+    """Times several functions side by side on the CPU: a summary per ``(fn, context, budget)``,
+    or the exception the function raised.
+
+    Each function gets its warm-up, then its repetitions as ``time_cpu`` would
+    choose them (from its first call and its budget), but spread evenly over
+    common rounds: every round runs each function its share of times, so a
+    drift of the machine's speed during the run (a shared 2-core box) hits
+    every row alike and the ratios between rows stay fair.
+    """
+    results: List[Union[Dict[str, float], Exception, None]] = [None] * len(calls)
+    times: List[List[float]] = [[] for _ in calls]
+
+    def timed(i: int) -> None:
+        fn, ctx, _ = calls[i]
+        with ctx():
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+
+    reps = [0] * len(calls)
+    for i, (fn, ctx, b) in enumerate(calls):
+        try:
+            with ctx():
+                for _ in range(b.warmup):
+                    fn()
+            timed(i)
+            reps[i] = int(min(b.max_reps, max(b.min_reps, b.target_s / max(times[i][0], 1e-9))))
+        except Exception as exc:  # noqa: BLE001 - reported as the row's error
+            results[i] = exc
+    rounds = max([reps[i] for i in range(len(calls)) if results[i] is None], default=0)
+    for r in range(1, rounds):
+        for i in range(len(calls)):
+            if results[i] is not None:
+                continue
+            try:
+                while len(times[i]) < -(-(r + 1) * reps[i] // rounds):  # ceil: spread evenly
+                    timed(i)
+            except Exception as exc:  # noqa: BLE001
+                results[i] = exc
+    return [res if res is not None else summarize(times[i]) for i, res in enumerate(results)]
+
+
 def time_cuda(fn: Callable[[], object], budget: Budget) -> Dict[str, float]:
     """GPU timer: ``triton.testing.do_bench`` (L2 flushed between calls) when Triton imports, else CUDA events."""
     try:
@@ -89,7 +134,7 @@ def timer_for(device: torch.device) -> Callable[[Callable[[], object], Budget], 
 
 def timer_name(device: torch.device) -> str:
     if device.type != "cuda":
-        return "perf_counter (repeated, CPU)"
+        return "perf_counter (repeated; the rows of a case timed side by side in common rounds, CPU)"
     try:
         import triton.testing  # noqa: F401
         return "triton.testing.do_bench"

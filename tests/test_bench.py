@@ -329,6 +329,36 @@ def test_cpu_memory_method_sees_torch_allocations(tmp_path):
     assert 120 <= mib <= 140, res
 
 
+def test_cpu_timer_interleaves_rows():
+    """The rows of a case are timed side by side: each function's repetitions (warm-up first) are spread
+    over common rounds, not run back to back; a function that raises gives its exception, the others
+    their summaries."""
+    import contextlib
+
+    from bench.timer import Budget, time_cpu_interleaved
+
+    log = []
+
+    def make(name, fail_at=None):
+        def fn():
+            log.append(name)
+            if fail_at is not None and log.count(name) == fail_at:
+                raise RuntimeError(f"{name} broke")
+        return fn
+
+    b = Budget(warmup=1, target_s=0.0, min_reps=6, max_reps=6)
+    few = Budget(warmup=0, target_s=0.0, min_reps=2, max_reps=2)
+    res = time_cpu_interleaved([(make("a"), contextlib.nullcontext, b), (make("b"), contextlib.nullcontext, few),
+                                (make("c", fail_at=4), contextlib.nullcontext, b)])
+    assert res[0]["n"] == 6 and res[1]["n"] == 2
+    assert isinstance(res[2], RuntimeError)
+    assert log[:5] == ["a", "a", "b", "c", "c"]  # warm-ups and first calls, in order
+    timed = log[5:]
+    # "b"'s second repetition lands mid-run, between repetitions of "a"
+    i_b = timed.index("b")
+    assert "a" in timed[:i_b] and "a" in timed[i_b + 1:]
+
+
 def test_summarize_quantiles():
     s = summarize([3.0, 1.0, 2.0, 5.0, 4.0])
     assert s["min"] == 1.0 and s["median"] == 3.0 and s["n"] == 5

@@ -21,7 +21,7 @@ import torch
 from .. import gemm_floor
 from .. import inputs as inp
 from ..baselines import fairchem_general
-from ..registry import Case, Entry, Impl, Workload, register
+from ..registry import Case, Impl, Workload, register
 from . import so2_message as msg
 
 #: (lmax, mmax, C, E) of the issue's comparison table
@@ -65,23 +65,30 @@ class Edgewise(msg.SO2Message):
 
     def targets(self, rows, device):
         fast = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
-        out = []
-        for r in rows:
-            if r["entry"] != self.name or r["mode"] != "fwdbwd" or r["dtype"] != "float32":
-                continue
-            if r["impl"] == "gemm_floor":
-                out.append(gemm_floor.ceiling_target(self.name, r, SPEEDUP_GOAL))
-                continue
-            if r["impl"] not in fast:
-                continue
-            for metric, key, goal, cmp in (("speedup vs fairchem_general", "speedup", SPEEDUP_GOAL, ">="),
-                                           ("peak memory / fairchem_general", "mem_ratio", MEM_GOAL, "<=")):
-                value = r.get(key, {}).get("fairchem_general") if r["status"] == "ok" else None
-                met = None if value is None else (value >= goal if cmp == ">=" else value <= goal)
-                out.append({"entry": self.name, "impl": r["impl"], "metric": metric, "goal": goal, "cmp": cmp,
-                            "value": value, "met": met, "binding": False, "shape": r["shape"],
-                            "note": "" if value is not None else f"not measured ({r['status']}: {r.get('note', '')})"})
-        return out
+        goals = [("speedup vs fairchem_general", "speedup", SPEEDUP_GOAL, ">="),
+                 ("peak memory / fairchem_general", "mem_ratio", MEM_GOAL, "<=")]
+        return peer_targets(self.name, rows, fast, lambda r: goals, lambda r: False)
+
+
+def peer_targets(entry, rows, fast, goals, binding):
+    """Target rows against ``fairchem_general`` (float32 fwd+bwd): ``goals(row) -> [(metric, key, goal, cmp)]``
+    for the rows of the ``fast`` impls, and the ``gemm_floor`` row as the speedup ceiling."""
+    out = []
+    for r in rows:
+        if r["entry"] != entry or r["mode"] != "fwdbwd" or r["dtype"] != "float32":
+            continue
+        if r["impl"] == "gemm_floor":
+            out.append(gemm_floor.ceiling_target(entry, r, SPEEDUP_GOAL))
+            continue
+        if r["impl"] not in fast:
+            continue
+        for metric, key, goal, cmp in goals(r):
+            value = r.get(key, {}).get("fairchem_general") if r["status"] == "ok" else None
+            met = None if value is None else (value >= goal if cmp == ">=" else value <= goal)
+            out.append({"entry": entry, "impl": r["impl"], "metric": metric, "goal": goal, "cmp": cmp,
+                        "value": value, "met": met, "binding": binding(r), "shape": r["shape"],
+                        "note": "" if value is not None else f"not measured ({r['status']}: {r.get('note', '')})"})
+    return out
 
 
 def _floor_gemms(shape):

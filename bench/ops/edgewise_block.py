@@ -46,6 +46,7 @@ from ..baselines import fairchem_general
 from ..counts import Count, combine, rotate_macs, so2_macs
 from ..registry import Case, Entry, Impl, Workload, register
 from ..so2_backends import force_backend
+from .edgewise import peer_targets
 
 #: (lmax, mmax, C, H, E)
 SHAPES = ((4, 2, 128, 128, 10_000), (2, 2, 64, 64, 20_000), (4, 2, 64, 64, 20_000), (4, 4, 64, 64, 20_000),
@@ -181,28 +182,16 @@ class EdgewiseBlock(Entry):
 
     def targets(self, rows, device):
         fast = {name.replace("cpu", "cuda" if device.type == "cuda" else "cpu", 1) for name in VARIANTS}
-        out = []
-        for r in rows:
-            if r["entry"] != self.name or r["mode"] != "fwdbwd" or r["dtype"] != "float32":
-                continue
-            if r["impl"] == "gemm_floor":
-                out.append(gemm_floor.ceiling_target(self.name, r, SPEEDUP_GOAL))
-                continue
-            if r["impl"] not in fast:
-                continue
-            goals = [("speedup vs fairchem_general", "speedup", SPEEDUP_GOAL, ">="),
-                     ("peak memory / fairchem_general", "mem_ratio", MEM_GOAL, "<=")]
+
+        def goals(r):
+            out = [("speedup vs fairchem_general", "speedup", SPEEDUP_GOAL, ">="),
+                   ("peak memory / fairchem_general", "mem_ratio", MEM_GOAL, "<=")]
             if all(r["shape"].get(k) == v for k, v in HEADLINE.items()):
-                goals.append(("peak memory / fairchem_general (issue: <= 1/3 at lmax 4, mmax 2, C 128)",
-                              "mem_ratio", MEM_GOAL_HEADLINE, "<="))
-            for metric, key, goal, cmp in goals:
-                value = r.get(key, {}).get("fairchem_general") if r["status"] == "ok" else None
-                met = None if value is None else (value >= goal if cmp == ">=" else value <= goal)
-                out.append({"entry": self.name, "impl": r["impl"], "metric": metric, "goal": goal, "cmp": cmp,
-                            "value": value, "met": met, "binding": r["impl"] in ("cpu", "cuda"),
-                            "shape": r["shape"],
-                            "note": "" if value is not None else f"not measured ({r['status']}: {r.get('note', '')})"})
-        return out
+                out.append(("peak memory / fairchem_general (issue: <= 1/3 at lmax 4, mmax 2, C 128)",
+                            "mem_ratio", MEM_GOAL_HEADLINE, "<="))
+            return out
+
+        return peer_targets(self.name, rows, fast, goals, lambda r: r["impl"] in ("cpu", "cuda"))
 
 
 def _floor_gemms(shape):
