@@ -14,10 +14,11 @@ the cheapest form known here:
 * backward: per forward GEMM ``Y = A W^T`` one GEMM for ``dA = dY W`` (when the
   input needs a gradient) and one for ``dW = dY^T A``; nothing is recomputed.
 
-Its time is what a perfect fused kernel would take if every other step were
-free, on the machine's own BLAS, so ``fairchem_general time / gemm_floor time``
-is the best speedup over the peer reachable at this FLOP count: a ceiling for
-the speed goals, measured side by side in the same run.  The rows compute no
+Its time is what a fused kernel would take if every other step were free and
+its GEMMs ran as fast as the machine's BLAS does at these whole-graph shapes, so
+``fairchem_general time / gemm_floor time`` estimates the best speedup over the
+peer at this FLOP count: a measured (not proven) ceiling for the speed goals,
+timed side by side in the same run.  The rows compute no
 useful output (``same_math=False``: only checked finite).
 """
 from __future__ import annotations
@@ -92,4 +93,4 @@ def ceiling_target(entry: str, row: dict, goal: float) -> dict:
     return {"entry": entry, "impl": "gemm_floor", "metric": "ceiling: fairchem_general / GEMM floor",
             "goal": goal, "cmp": ">=", "value": value, "met": None if value is None else value >= goal,
             "binding": False, "shape": row["shape"],
-            "note": "bound: no implementation at this FLOP count can be faster on this machine's BLAS"}
+            "note": "estimated ceiling: the step's GEMMs alone, at the peer's whole-graph shapes, on this BLAS"}

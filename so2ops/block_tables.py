@@ -40,11 +40,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Dict, List, Tuple
 
 import torch
 
+from ._tensor_cache import tensor_cache
 from .basis_layout import BasisLayout, e3nn_to_pyscf
 from .layout import coeff_index, wigner_offset, wigner_size
 
@@ -207,7 +207,7 @@ def block_tables(layout: BasisLayout, lmax: int, channels: int, dtype, device) -
     return _tables(layout, lmax, channels, dtype, str(torch.device(device)))
 
 
-@lru_cache(maxsize=64)
+@tensor_cache(maxsize=64)
 def _tables(layout, lmax, channels, dtype, device):
     check_block_lmax(layout, lmax)
     types: Dict[Tuple[int, int, bool], int] = {}

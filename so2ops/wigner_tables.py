@@ -10,10 +10,10 @@ smooth, with no Euler-angle singularity (docs/math.md).
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 
+from ._tensor_cache import tensor_cache
 from .layout import num_coeffs, wigner_offset, wigner_size
 
 
@@ -22,7 +22,7 @@ def num_points(lmax: int) -> int:
     return 3 * lmax + 3
 
 
-@lru_cache(maxsize=None)
+@tensor_cache()
 def _tables_f64(lmax: int):
     from .reference.spherical_harmonics import spherical_harmonics
 
@@ -47,7 +47,7 @@ def wigner_tables(lmax: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, 
     return _cached(lmax, dtype, str(torch.device(device)))
 
 
-@lru_cache(maxsize=None)
+@tensor_cache()
 def _cached(lmax: int, dtype: torch.dtype, device: str):
     points, pinv = _tables_f64(lmax)
     return points.to(device=device, dtype=dtype), pinv.to(device=device, dtype=dtype)

@@ -265,6 +265,35 @@ def test_triton_assemble_blocks_reads_no_host_value_per_call(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_assemble_blocks_tables_first_built_under_inference_mode(backend):
+    """Block tables (and Triton's launch bounds) first built inside ``torch.inference_mode()`` still serve
+    a training step afterwards (no inference tensors in the caches), with the same results."""
+    from so2ops import block_tables
+
+    require(backend, "cpu")
+    g = torch.Generator().manual_seed(4)
+    layout = so2ops.BasisLayout({1: [0, 1], 8: [0, 0, 1, 2]}, name="inference-first")
+    z, batch = torch.tensor([8, 1, 1]), torch.tensor([0, 0, 0])
+    items = torch.tensor([[0, 0], [1, 1], [2, 2], [0, 1], [0, 2], [1, 2]])
+    invariant = torch.zeros(items.shape[0], dtype=torch.bool)
+    x = torch.randn(items.shape[0], 25, so2ops.block_channels(layout, 4), dtype=torch.float64, generator=g)
+    w = so2ops.reference.edge_wigner(torch.randn(items.shape[0], 3, dtype=torch.float64, generator=g), 2)
+
+    def train():
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with so2ops.use_backend(backend):
+            h = so2ops.assemble_blocks(xx, ww, layout, z, items, batch, invariant)
+            return (h,) + torch.autograd.grad(h.square().sum(), (xx, ww))
+
+    expected = train()
+    block_tables._tables.cache_clear()
+    with torch.inference_mode(), so2ops.use_backend(backend):
+        so2ops.assemble_blocks(x, w, layout, z, items, batch, invariant)
+    for a, b in zip(train(), expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ no silent fallback
 def test_missing_extension_warns_once(monkeypatch):
     """A failed ``import so2ops._C`` is reported (once), with the ImportError's text."""

@@ -304,3 +304,37 @@ def test_lean_saved_bytes():
     plain_bytes = saved_bytes(plain, x, ei, w, ea, env)
     assert plain_bytes > bound, (plain_bytes, bound)
     assert plain_bytes > 2 * got
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_caches_first_filled_under_inference_mode(lean):
+    """A first call under ``torch.inference_mode()`` fills the cached index tensors and tables; they
+    must be ordinary tensors (autograd refuses to save inference tensors), so training afterwards works
+    and matches training with freshly built caches."""
+    from so2ops import block_tables, wigner_tables
+
+    caches = (edgewise_module.m0_index, edgewise_module._kept_index, edgewise_module._half_rows,
+              block_tables._tables, wigner_tables._cached, wigner_tables._tables_f64)
+    gen = torch.Generator().manual_seed(8)
+    lmax, c = 2, 3
+    block = _perturb(SO2EdgewiseBlock(lmax, 1, c, 4, [EDGE_ATTR, 6], lean=lean), gen).double()
+    linear = SO2EdgeLinear(lmax, 1, c, 2, bias=True).double()
+    pos, ei, x, ea, env = _inputs(lmax, c, 6, torch.float64, gen)
+
+    def train():
+        block.zero_grad()
+        linear.zero_grad()
+        xx = x.clone().requires_grad_()
+        w = so2ops.edge_wigner(pos[ei[1]] - pos[ei[0]], lmax)
+        loss = _run(block, pos, ei, xx, ea, env, lmax).square().sum() + linear(w.new_ones(3, 9, c)).sum()
+        loss.backward()
+        return [xx.grad] + [p.grad.clone() for p in list(block.parameters()) + list(linear.parameters())]
+
+    expected = train()
+    for f in caches:
+        f.cache_clear()
+    with torch.inference_mode():
+        _run(block, pos, ei, x, ea, env, lmax)
+        linear(x.new_ones(3, 9, c))
+    for a, b in zip(train(), expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

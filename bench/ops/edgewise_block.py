@@ -191,7 +191,7 @@ class EdgewiseBlock(Entry):
                             "mem_ratio", MEM_GOAL_HEADLINE, "<="))
             return out
 
-        return peer_targets(self.name, rows, fast, goals, lambda r: r["impl"] in ("cpu", "cuda"))
+        return peer_targets(self.name, rows, fast, goals, lambda r: r["impl"] in ("cpu", "cuda"), SPEEDUP_GOAL)
 
 
 def _floor_gemms(shape):

@@ -28,12 +28,12 @@ inputs' graph), in one slice.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 from torch.nn import functional as F
 
+from .._tensor_cache import tensor_cache
 from ..dispatch import use_backend
 from ..layout import coeff_index, num_mod
 from ..ops import rotate, so2_linear
@@ -51,14 +51,14 @@ def _rows(l: int) -> slice:
     return slice(l * l, (l + 1) * (l + 1))
 
 
-@functools.lru_cache(maxsize=None)
+@tensor_cache()
 def m0_index(lmax: int, device: torch.device) -> torch.Tensor:
     """Rows ``(l, 0)`` as an int64 tensor on ``device``, built once per (lmax, device): no
     host-to-device copy per call (which would also break CUDA-graph capture)."""
     return torch.tensor([coeff_index(l, 0) for l in range(lmax + 1)], device=device)
 
 
-@functools.lru_cache(maxsize=None)
+@tensor_cache()
 def _kept_index(lmax: int, mmax: int, device: torch.device) -> torch.Tensor:
     """Rows ``(l, m)`` with ``|m| <= mmax`` (l-major order): the rows an SO(2) layer can write."""
     return torch.tensor([coeff_index(l, m) for l in range(lmax + 1) for m in range(-min(l, mmax), min(l, mmax) + 1)],
@@ -125,7 +125,7 @@ def _acc(acc: Optional[torch.Tensor], v: torch.Tensor, grad_mode: bool) -> torch
     return acc + v if grad_mode else acc.add_(v)
 
 
-@functools.lru_cache(maxsize=None)
+@tensor_cache()
 def _half_rows(nm: int, c: int, device: torch.device) -> tuple:
     """Output rows of the radial MLP's last layer (``[E, NM * 2C]`` viewed ``[E, NM, 2C]``) per input half."""
     rows = torch.arange(nm * 2 * c, device=device).view(nm, 2, c)
@@ -296,16 +296,19 @@ class _LeanBlock(torch.autograd.Function):
                 mmax, hidden, backend):
         s = _Spec(x, wigner, w_last, b_last, w_gate, lmax, mmax, hidden)
         out = x.new_zeros(x.shape[0], s.k, s.c)
-        hid_kept = x.new_empty(s.e, s.kept.numel(), hidden)
-        pre = x.new_empty(s.e, w_gate.shape[0] if s.gated else 0)
+        keep = any(ctx.needs_input_grad)  # inference: nothing to keep for a backward
+        hid_kept = x.new_empty(s.e if keep else 0, s.kept.numel(), hidden)
+        pre = x.new_empty(s.e if keep else 0, w_gate.shape[0] if s.gated else 0)
         with use_backend(backend):
             for sl in _slices(s.e):
                 ws, ds = wigner[sl], dst[sl]
                 hid, pre_s = _conv1(s, x, ws, feat[sl], w_s, w_t, bias1, w_gate, b_gate, src[sl], ds)
-                torch.index_select(hid, 1, s.kept, out=hid_kept[sl])
+                if keep:
+                    torch.index_select(hid, 1, s.kept, out=hid_kept[sl])
                 gates = None
                 if s.gated:
-                    pre[sl] = pre_s
+                    if keep:
+                        pre[sl] = pre_s
                     gates = torch.sigmoid(pre_s).view(-1, lmax, hidden)
                 del pre_s
                 _conv2_into(s, out, hid, gates, w2, b2, ws, None if env is None else env[sl].view(-1, 1, 1), ds)

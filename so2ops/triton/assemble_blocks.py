@@ -4,8 +4,9 @@ Work units: one per (item, shell pair of the item's type), listed with a few
 torch ops per call (``_units``: items in order, each item's shell pairs
 contiguous) without a host synchronisation: the lists and the launch grid are
 sized by a host-side bound (items x the most shell pairs of one item type, read
-once per block table) and the kernels read the true count on the device.  A program handles ``BU`` consecutive units (``BU = 1`` on a
-GPU for ``g`` shells, more for smaller tiles), each on ``NP x NP`` register tiles,
+once per block table) and the kernels read the true count on the device.  A
+program handles ``BU`` consecutive units (``BU = 1`` on a GPU for ``g`` shells,
+more for smaller tiles), each on ``NP x NP`` register tiles,
 ``NP = next_pow2(2 * lmax_shell + 1)`` (<= 16), masked to the shell sizes
 ``n1 = 2 l1 + 1``, ``n2 = 2 l2 + 1``:
 
@@ -236,27 +237,35 @@ def _wigner_reduce_kernel(
 
 
 # ------------------------------------------------------------------ host side
-#: block table ``sp_start`` -> (its version, the most shell pairs of one item type): a host int read
-#: once per table (one synchronisation, normally at the first, uncaptured call), not once per call
-_MAX_PAIRS = WeakIdKeyDictionary()
+#: block table ``sp_start`` -> (its version, the most shell pairs of one item type, the most
+#: partial-gradient values of one item type): host ints read once per table (one synchronisation,
+#: normally at the first, uncaptured call), not once per call
+_BOUNDS = WeakIdKeyDictionary()
 
 
-def _max_pairs(sp_start: torch.Tensor) -> int:
-    hit = _MAX_PAIRS.get(sp_start)
-    if hit is None or hit[0] != sp_start._version:
-        n = int((sp_start[1:] - sp_start[:-1]).max()) if sp_start.numel() > 1 else 0
-        hit = (sp_start._version, n)
-        _MAX_PAIRS[sp_start] = hit
-    return hit[1]
+def _bounds(sp_start: torch.Tensor, sp_info: torch.Tensor) -> tuple:
+    """``(pairs, part)``: per item type, the most shell pairs and the most ``dD`` values
+    (``(2 l1 + 1)^2 + (2 l2 + 1)^2`` per pair) of any type."""
+    version = None if sp_start.is_inference() else sp_start._version  # inference tensors have no counter
+    hit = _BOUNDS.get(sp_start)
+    if hit is None or hit[0] != version:
+        start = sp_start.tolist()
+        info = sp_info[:, :2].tolist()
+        size = [(2 * a + 1) ** 2 + (2 * b + 1) ** 2 for a, b in info]
+        pairs = max((start[t + 1] - start[t] for t in range(len(start) - 1)), default=0)
+        part = max((sum(size[start[t]:start[t + 1]]) for t in range(len(start) - 1)), default=0)
+        hit = (version, pairs, part)
+        _BOUNDS[sp_start] = hit
+    return hit[1], hit[2]
 
 
-def _units(item_type: torch.Tensor, sp_start: torch.Tensor):
+def _units(item_type: torch.Tensor, sp_start: torch.Tensor, max_pairs: int):
     """``(unit_item [Wb], unit_sp [Wb], unit_start [I+1], Wb)``: the (item, shell pair) work units.
 
     No host synchronisation: the unit lists are sized by the host-side bound
-    ``Wb = items x (most shell pairs of one type)``; the true count ``W = unit_start[I]``
-    stays on the device and the kernels read it (positions ``>= W`` hold item ``I - 1`` and
-    shell pair 0: valid addresses, never used).
+    ``Wb = items x max_pairs`` (the most shell pairs of one item type, ``_bounds``); the true
+    count ``W = unit_start[I]`` stays on the device and the kernels read it (positions ``>= W``
+    hold item ``I - 1`` and shell pair 0: valid addresses, never used).
     """
     n_items = item_type.shape[0]
     dev = item_type.device
@@ -264,7 +273,7 @@ def _units(item_type: torch.Tensor, sp_start: torch.Tensor):
     cnt = sp_start.index_select(0, item_type + 1) - first
     unit_start = torch.zeros(n_items + 1, dtype=torch.int64, device=dev)
     torch.cumsum(cnt, 0, out=unit_start[1:])
-    wb = n_items * _max_pairs(sp_start)
+    wb = n_items * max_pairs
     pos = torch.arange(wb, device=dev)
     unit_item = torch.searchsorted(unit_start[1:], pos, right=True).clamp_(max=max(n_items - 1, 0))
     unit_sp = first.index_select(0, unit_item) + pos - unit_start.index_select(0, unit_item)
@@ -296,12 +305,13 @@ def _common(features, wigner, item_atoms, item_type, invariant, atom_ao, atom_mo
     inv = invariant.contiguous()
     if inv.dtype == torch.bool:
         inv = inv.view(torch.uint8)
-    unit_item, unit_sp, unit_start, _ = _units(item_type.contiguous(), sp_start.contiguous())
+    max_pairs, max_part = _bounds(sp_start, sp_info)
+    unit_item, unit_sp, unit_start, _ = _units(item_type.contiguous(), sp_start.contiguous(), max_pairs)
     tensors = (features, wigner, unit_item, unit_sp, item_atoms.contiguous(), inv, atom_ao.contiguous(),
                atom_mol.contiguous(), mol_offset.contiguous(), mol_nao.contiguous(), sp_info.contiguous(),
                entry_src.contiguous(), entry_coef.contiguous(), inv_src.contiguous(), basis_change.contiguous())
     kc = features.shape[1] * features.shape[2]
-    return tensors, unit_start, kc, wigner.shape[1]
+    return tensors, unit_start, kc, wigner.shape[1], max_part
 
 
 def assemble_blocks_forward(features, wigner, item_atoms, item_type, invariant, atom_ao, atom_mol, mol_offset,
@@ -311,7 +321,7 @@ def assemble_blocks_forward(features, wigner, item_atoms, item_type, invariant, 
     out = torch.zeros(total, dtype=features.dtype, device=features.device)
     if features.shape[0] == 0 or total == 0:
         return out
-    tensors, unit_start, kc, pw = _common(features, wigner, item_atoms, item_type, invariant, atom_ao, atom_mol,
+    tensors, unit_start, kc, pw, _ = _common(features, wigner, item_atoms, item_type, invariant, atom_ao, atom_mol,
                                           mol_offset, mol_nao, sp_start, sp_info, entry_src, entry_coef, inv_src,
                                           basis_change)
     wb = tensors[2].shape[0]  # host-side bound of the unit count
@@ -337,7 +347,7 @@ def assemble_blocks_backward(grad, features, wigner, item_atoms, item_type, inva
     gf_acc = torch.zeros(features.shape, dtype=adt, device=dev) if need_features else None
     gw_out = torch.zeros(wigner.shape, dtype=wigner.dtype, device=dev) if need_wigner else None
     if n_items and total:
-        tensors, unit_start, kc, pw = _common(features, wigner, item_atoms, item_type, invariant, atom_ao,
+        tensors, unit_start, kc, pw, max_part = _common(features, wigner, item_atoms, item_type, invariant, atom_ao,
                                               atom_mol, mol_offset, mol_nao, sp_start, sp_info, entry_src,
                                               entry_coef, inv_src, basis_change)
         unit_sp = tensors[3]
@@ -349,8 +359,8 @@ def assemble_blocks_backward(grad, features, wigner, item_atoms, item_type, inva
                 size = (2 * info[:, 0] + 1) ** 2 + (2 * info[:, 1] + 1) ** 2
                 size = torch.where(torch.arange(wb, device=dev) < unit_start[-1], size, torch.zeros_like(size))
                 part_off = torch.cumsum(size, 0) - size
-                # sized by the bound (two (2 lmax_shell + 1)^2 blocks per unit): no host read of the sum
-                part = torch.empty(wb * 2 * (2 * lmax_shell + 1) ** 2, dtype=adt, device=dev)
+                # sized by the bound (items x the most dD values of one item type): no host read of the sum
+                part = torch.empty(n_items * max_part, dtype=adt, device=dev)
             else:
                 part_off = part = unit_sp  # never dereferenced
             _assemble_bwd_kernel[(triton.cdiv(wb, bu),)](
