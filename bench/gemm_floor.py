@@ -23,12 +23,12 @@ useful output (``same_math=False``: only checked finite).
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
 from .counts import Count, combine
-from .registry import Workload
+from .registry import Impl, Workload
 
 #: one GEMM per row of the edge set: (in features, out features, input needs a gradient)
 Gemm = Tuple[int, int, bool]
@@ -85,6 +85,18 @@ def workload(gemms: Sequence[Gemm], e: int, dtype: torch.dtype, device: torch.de
         return _Floor.apply(dummy, list(gemms), acts, weights, outs)
 
     return Workload(forward=forward, grad_inputs=[dummy])
+
+
+def impl(gemms_of: Callable[[Dict], List[Gemm]], what: str) -> Impl:
+    """The ``gemm_floor`` row of an entry: ``gemms_of(shape)`` lists its GEMMs, ``what`` names them."""
+
+    def build(inputs, shape):
+        return workload(gemms_of(shape), shape["E"], inputs["x"].dtype, inputs["x"].device)
+
+    return Impl("gemm_floor", "baseline", build, same_math=False, memory=False,
+                count=lambda shape, mode, isz: count(gemms_of(shape), shape["E"], mode, isz),
+                note=f"estimated ceiling, not an implementation: only {what} (3M form, whole edge set, nothing "
+                     "recomputed); fairchem_general / gemm_floor estimates the best speedup at this FLOP count")
 
 
 def ceiling_target(entry: str, row: dict, goal: float) -> dict:

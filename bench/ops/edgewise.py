@@ -50,11 +50,7 @@ class Edgewise(msg.SO2Message):
     def impls(self, device):
         impls = [i for i in super().impls(device) if i.kind == "backend"]
         reason = fairchem_general.available()
-        impls.append(Impl(
-            "gemm_floor", "baseline", _floor_build, same_math=False, memory=False,
-            count=lambda shape, mode, isz: gemm_floor.count(_floor_gemms(shape), shape["E"], mode, isz),
-            note="bound, not an implementation: only the conv's GEMMs (3M form, whole edge set, nothing "
-                 "recomputed); fairchem_general / gemm_floor is the best speedup reachable at this FLOP count"))
+        impls.append(gemm_floor.impl(_floor_gemms, "the conv's GEMMs"))
         impls.append(Impl(
             "fairchem_general", "baseline", _fairchem_build, is_baseline=True,
             mem_estimate=fairchem_general.mem_estimate, skip=lambda shape, dtype: reason,
@@ -93,10 +89,6 @@ def peer_targets(entry, rows, fast, goals, binding, speedup_goal):
 
 def _floor_gemms(shape):
     return gemm_floor.so2_gemms(shape["lmax"], shape["mmax"], shape["C"], shape["C"])
-
-
-def _floor_build(inputs, shape):
-    return gemm_floor.workload(_floor_gemms(shape), shape["E"], inputs["x"].dtype, inputs["x"].device)
 
 
 def _fairchem_build(inputs, shape):

@@ -151,11 +151,7 @@ class EdgewiseBlock(Entry):
                 f", edge_chunk={CHUNK}" if chunk else "")
             impls.append(Impl(label, "backend", _so2ops_builder(fast, lean, chunk), skip=lambda shape, dtype: reason,
                               mem_estimate=_so2ops_mem, note=f"SO2EdgewiseBlock converted from FAIR-Chem's, {what}"))
-        impls.append(Impl(
-            "gemm_floor", "baseline", _floor_build, same_math=False, memory=False,
-            count=lambda shape, mode, isz: gemm_floor.count(_floor_gemms(shape), shape["E"], mode, isz),
-            note="bound, not an implementation: only the block's GEMMs (3M form, whole edge set, nothing "
-                 "recomputed); fairchem_general / gemm_floor is the best speedup reachable at this FLOP count"))
+        impls.append(gemm_floor.impl(_floor_gemms, "the block's GEMMs"))
         impls.append(Impl(
             "fairchem_general", "baseline", _fairchem_build, is_baseline=True, mem_estimate=_fairchem_mem,
             skip=lambda shape, dtype: reason,
@@ -201,10 +197,6 @@ def _floor_gemms(shape):
     if lmax > 0:
         gemms.append(((lmax + 1) * 2 * c, lmax * h, True))  # the gate logits
     return gemms
-
-
-def _floor_build(inputs, shape):
-    return gemm_floor.workload(_floor_gemms(shape), shape["E"], inputs["x"].dtype, inputs["x"].device)
 
 
 def _so2ops_mem(shape, itemsize):
