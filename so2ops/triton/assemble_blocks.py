@@ -260,7 +260,7 @@ def _bounds(sp_start: torch.Tensor, sp_info: torch.Tensor) -> tuple:
 
 
 def _units(item_type: torch.Tensor, sp_start: torch.Tensor, max_pairs: int):
-    """``(unit_item [Wb], unit_sp [Wb], unit_start [I+1], Wb)``: the (item, shell pair) work units.
+    """``(unit_item [Wb], unit_sp [Wb], unit_start [I+1])``: the (item, shell pair) work units.
 
     No host synchronisation: the unit lists are sized by the host-side bound
     ``Wb = items x max_pairs`` (the most shell pairs of one item type, ``_bounds``); the true
@@ -278,7 +278,7 @@ def _units(item_type: torch.Tensor, sp_start: torch.Tensor, max_pairs: int):
     unit_item = torch.searchsorted(unit_start[1:], pos, right=True).clamp_(max=max(n_items - 1, 0))
     unit_sp = first.index_select(0, unit_item) + pos - unit_start.index_select(0, unit_item)
     unit_sp = torch.where(pos < unit_start[-1], unit_sp, torch.zeros_like(unit_sp))
-    return unit_item.contiguous(), unit_sp.contiguous(), unit_start, wb
+    return unit_item.contiguous(), unit_sp.contiguous(), unit_start
 
 
 def _tile(lmax_shell: int, device: torch.device, dtype: torch.dtype):
@@ -306,7 +306,7 @@ def _common(features, wigner, item_atoms, item_type, invariant, atom_ao, atom_mo
     if inv.dtype == torch.bool:
         inv = inv.view(torch.uint8)
     max_pairs, max_part = _bounds(sp_start, sp_info)
-    unit_item, unit_sp, unit_start, _ = _units(item_type.contiguous(), sp_start.contiguous(), max_pairs)
+    unit_item, unit_sp, unit_start = _units(item_type.contiguous(), sp_start.contiguous(), max_pairs)
     tensors = (features, wigner, unit_item, unit_sp, item_atoms.contiguous(), inv, atom_ao.contiguous(),
                atom_mol.contiguous(), mol_offset.contiguous(), mol_nao.contiguous(), sp_info.contiguous(),
                entry_src.contiguous(), entry_coef.contiguous(), inv_src.contiguous(), basis_change.contiguous())
