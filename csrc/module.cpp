@@ -32,6 +32,15 @@ TORCH_LIBRARY(so2ops_C, m) {
       "so2_message_backward(Tensor grad, Tensor x, Tensor wigner, Tensor edge_index, Tensor weight, "
       "Tensor? modulation, int lmax, int mmax, int out_channels, bool deterministic, bool need_x, "
       "bool need_wigner, bool need_weight, bool need_mod) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "so2_frame_linear_forward(Tensor x, Tensor wigner, Tensor index, Tensor weight, Tensor? modulation, "
+      "Tensor? bias, Tensor? scale, int lmax, int mmax, int out_channels, int num_nodes, bool to_nodes, "
+      "bool deterministic) -> Tensor");
+  m.def(
+      "so2_frame_linear_backward(Tensor grad, Tensor x, Tensor wigner, Tensor index, Tensor weight, "
+      "Tensor? modulation, Tensor? bias, Tensor? scale, int lmax, int mmax, int out_channels, int num_nodes, "
+      "bool to_nodes, bool deterministic, bool need_x, bool need_wigner, bool need_weight, bool need_mod, "
+      "bool need_bias, bool need_scale) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("so2_grid_product_forward(Tensor spectral, Tensor coeffs, int mmax, int grid) -> Tensor");
   m.def(
       "so2_grid_product_backward(Tensor grad, Tensor spectral, Tensor coeffs, int mmax, int grid, "

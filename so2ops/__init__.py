@@ -22,7 +22,8 @@ from .dispatch import backends, current_backend, use_backend
 from .basis_layout import BasisLayout, e3nn_to_pyscf
 from .block_tables import block_channels
 from .layout import LMAX_SUPPORTED, num_coeffs, num_mod, tp_grid_size, tp_in_size, tp_out_size, weight_size, wigner_size
-from .ops import HamiltonianIndex, assemble_blocks, edge_wigner, rotate, so2_linear, so2_message, so2_tensor_product
+from .ops import (HamiltonianIndex, assemble_blocks, edge_wigner, rotate, so2_gather_linear, so2_linear, so2_linear_scatter,
+                  so2_message, so2_tensor_product)
 from .reference import wigner_to_dense
 from .validation import set_value_checks, value_checks
 
@@ -49,7 +50,9 @@ __all__ = [
     "reference",
     "rotate",
     "set_value_checks",
+    "so2_gather_linear",
     "so2_linear",
+    "so2_linear_scatter",
     "so2_message",
     "use_backend",
     "value_checks",

@@ -108,8 +108,8 @@ void CpuKernels::rotate_out_add(const TileSpec& spec, const at::Tensor& tile, co
 void CpuKernels::wigner_grad(const TileSpec& spec, const at::Tensor& ga, const at::Tensor& x, const int64_t* src,
                              const at::Tensor& y, const at::Tensor& g, const int64_t* tgt, at::Tensor& grad_wigner) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "so2_wigner_grad_cpu", [&] {
-    SO2_TILE_ISA(wigner_grad_cpu<scalar_t>)(spec, ga.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.size(2), src,
-                              y.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), g.size(2), tgt,
+    SO2_TILE_ISA(wigner_grad_cpu<scalar_t>)(spec, ptr_or_null<scalar_t>(ga), x.data_ptr<scalar_t>(), x.size(2), src,
+                              ptr_or_null<scalar_t>(y), g.data_ptr<scalar_t>(), g.size(2), tgt,
                               grad_wigner.data_ptr<scalar_t>());
   });
 }

@@ -232,8 +232,9 @@ void wigner_grad_cpu(const TileSpec& spec, const T* ga, const T* x, int64_t cin,
   at::parallel_for(0, n, grain_for(P * (cin + cout)), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t e = edge_at(spec, p);
-      const T* xs = x + src[e] * K * cin;
-      const T* gt = g + tgt[e] * K * cout;
+      // a null `ga` / `y` drops that side's term (its frame is the identity: so2_frame_linear)
+      const T* xs = ga ? x + (src ? src[e] : e) * K * cin : nullptr;
+      const T* gt = y ? g + (tgt ? tgt[e] : e) * K * cout : nullptr;
       T* ge = gw + e * P;
       for (int l = 0; l <= lmax; ++l) {
         const int nl = 2 * l + 1;
@@ -244,11 +245,14 @@ void wigner_grad_cpu(const TileSpec& spec, const T* ga, const T* x, int64_t cin,
             std::fill(gl + i * nl, gl + (i + 1) * nl, T(0));
             continue;
           }
-          const T* gar = ga + tile_index(n, cin, lmax, m, p, s, l, 0);
-          const T* yr = y + tile_index(n, cout, lmax, m, p, s, l, 0);
+          const T* gar = ga ? ga + tile_index(n, cin, lmax, m, p, s, l, 0) : nullptr;
+          const T* yr = y ? y + tile_index(n, cout, lmax, m, p, s, l, 0) : nullptr;
           for (int j = 0; j < nl; ++j) {
             // Rotate-in term (a = D x) and rotate-out term (out = D^T y).
-            gl[i * nl + j] = dot(gar, xs + (int64_t(l) * l + j) * cin, cin) + dot(yr, gt + (int64_t(l) * l + j) * cout, cout);
+            T v = T(0);
+            if (gar) v += dot(gar, xs + (int64_t(l) * l + j) * cin, cin);
+            if (yr) v += dot(yr, gt + (int64_t(l) * l + j) * cout, cout);
+            gl[i * nl + j] = v;
           }
         }
       }

@@ -171,7 +171,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void wigner_grad_kernel(TileSpec spec, const acc_t* __restrict__ ga, const scalar_t* __restrict__ x,
                                    int64_t cin, const int64_t* __restrict__ src, const acc_t* __restrict__ y,
                                    const scalar_t* __restrict__ g, int64_t cout, const int64_t* __restrict__ tgt,
-                                   int64_t n_rows, scalar_t* __restrict__ gw) {
+                                   int64_t n_src, int64_t n_tgt, scalar_t* __restrict__ gw) {
   const int lmax = spec.lmax, mmax = spec.mmax;
   const int64_t K = num_coeffs(lmax), P = wigner_size(lmax);
   SO2_GRID_STRIDE(t, spec.count * P) {
@@ -183,13 +183,14 @@ __global__ void wigner_grad_kernel(TileSpec spec, const acc_t* __restrict__ ga, 
     const int ms = i - l, m = ms < 0 ? -ms : ms, s = ms < 0 ? 1 : 0;
     acc_t acc = acc_t(0);
     if (m <= mmax) {
-      const int64_t si = src[e], ti = tgt[e];
-      if (si >= 0 && si < n_rows) {
+      // null ga / y: that side's frame is the identity, no term (so2_frame_linear); null index: row e
+      const int64_t si = src ? src[e] : e, ti = tgt ? tgt[e] : e;
+      if (ga != nullptr && si >= 0 && si < n_src) {
         const acc_t* a = ga + tile_index(spec.count, cin, lmax, m, p, s, l, 0);
         const scalar_t* xr = x + (si * K + l * l + j) * cin;
         for (int64_t c = 0; c < cin; ++c) acc += a[c] * static_cast<acc_t>(xr[c]);
       }
-      if (ti >= 0 && ti < n_rows) {
+      if (y != nullptr && ti >= 0 && ti < n_tgt) {
         const acc_t* b = y + tile_index(spec.count, cout, lmax, m, p, s, l, 0);
         const scalar_t* gr = g + (ti * K + l * l + j) * cout;
         for (int64_t c = 0; c < cout; ++c) acc += b[c] * static_cast<acc_t>(gr[c]);
@@ -260,8 +261,8 @@ void CudaKernels::wigner_grad(const TileSpec& spec, const at::Tensor& ga, const 
   SO2_DISPATCH(x.scalar_type(), "so2_wigner_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     wigner_grad_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        spec, ga.data_ptr<acc_t>(), x.data_ptr<scalar_t>(), x.size(2), src, y.data_ptr<acc_t>(),
-        g.data_ptr<scalar_t>(), g.size(2), tgt, x.size(0), grad_wigner.data_ptr<scalar_t>());
+        spec, cptr<acc_t>(ga), x.data_ptr<scalar_t>(), x.size(2), src, cptr<acc_t>(y),
+        g.data_ptr<scalar_t>(), g.size(2), tgt, x.size(0), g.size(0), grad_wigner.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -34,6 +34,7 @@ from .. import reference
 from ..dispatch import current_backend, use_backend
 from ..layout import num_coeffs
 from ._common import autograd_enabled
+from .so2_frame_linear import unfused_frame_linear
 
 _ops = torch.ops.so2ops
 
@@ -256,6 +257,28 @@ def _so2_message_bb(ctx, ggx, ggwig, ggw, ggm):
     return (g_grad, x_grad, d_grad, None, w_grad, m_grad) + (None,) * 8
 
 
+# ------------------------------------------------------------------ so2_frame_linear (quadratic in wigner when scattered)
+def _frame_setup(ctx, inputs, output):
+    _common_setup(ctx)
+    grad, x, wigner, index, weight, modulation, bias, scale = inputs[:8]
+    ctx.save_for_backward(grad, x, wigner, index, weight, modulation, bias, scale)
+    ctx.args = tuple(inputs[8:13])  # lmax, mmax, out_channels, num_nodes, to_nodes
+    need = inputs[14:20]
+    ctx.computed = (need[0], need[1], need[2], need[3] and modulation is not None, need[4] and bias is not None,
+                    need[5] and scale is not None)
+
+
+def _frame_bb(ctx, *ggs):
+    with use_backend(ctx.backend):
+        grad, x, wigner, index, weight, modulation, bias, scale = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        fn = lambda a, d, w, m, b, s: unfused_frame_linear(a, d, index, w, m, b, s, *ctx.args)  # noqa: E731
+        g_grad, (x_grad, d_grad, w_grad, m_grad, b_grad, s_grad) = vjp_double_backward(
+            fn, grad, [x, wigner, weight, modulation, bias, scale], ctx.computed, _gg(ggs, ctx.computed), n[0],
+            [n[1], n[2], n[4], n[5] and modulation is not None, n[6] and bias is not None, n[7] and scale is not None])
+    return (g_grad, x_grad, d_grad, None, w_grad, m_grad, b_grad, s_grad) + (None,) * 12
+
+
 # ------------------------------------------------------------------ so2_tensor_product (reference grid stage)
 def _tp_setup(ctx, inputs, output):
     _common_setup(ctx)
@@ -296,6 +319,7 @@ _FORMULAS = {
     "so2ops::rotate_backward": (_rotate_bb, _rotate_setup),
     "so2ops::so2_linear_backward": (_so2_linear_bb, _so2_linear_setup),
     "so2ops::so2_message_backward": (_so2_message_bb, _so2_message_setup),
+    "so2ops::so2_frame_linear_backward": (_frame_bb, _frame_setup),
     "so2ops::so2_tensor_product_backward": (_tp_bb, _tp_setup),
     "so2ops::assemble_blocks_backward": (_ab_bb, _ab_setup),
 }

@@ -8,6 +8,7 @@ from .frames import edge_frames
 from .rotate import rotate
 from .so2_linear import so2_linear
 from .so2_message import so2_message
+from .so2_frame_linear import so2_frame_linear
 from .so2_tensor_product import grid_product, so2_tensor_product
 from .assemble_blocks import assemble_blocks
 from .spherical_harmonics import spherical_harmonics
@@ -18,6 +19,7 @@ __all__ = [
     "rotate",
     "so2_linear",
     "so2_message",
+    "so2_frame_linear",
     "spherical_harmonics",
     "grid_product",
     "so2_tensor_product",

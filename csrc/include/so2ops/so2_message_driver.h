@@ -37,6 +37,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sub.h>
 #include <ATen/ops/zeros.h>
@@ -363,12 +364,47 @@ void run_tiles(const TilePlan& plan, const TileLoop& fn) {
   }
 }
 
-/// out_acc[n_out, K, cout] (+)= sum over edges of D^T SO2Lin(mod (.) D feat[src]) scattered to tgt.
-/// `perm` orders the edges by tgt when `segmented` (may be undefined for identity tgt).
+/// The two sides of one edge pass: rotate-in (gather `src`, frame `wig_in`) and
+/// rotate-out (frame `wig_out`, scatter `tgt`), each side optional: an undefined
+/// Wigner is the identity, a null index is edge e <-> row e.  so2_message has
+/// both; so2_linear neither; so2_frame_linear one of them.
+struct Sides {
+  at::Tensor wig_in;
+  const int64_t* src;
+  at::Tensor wig_out;
+  const int64_t* tgt;
+};
+
+/// Per-edge extras of so2_frame_linear, in the accumulation dtype (undefined: none):
+/// y_e = scale_e * (SO2Lin(...) + bias on the rows (l, 0)).
+struct Extras {
+  at::Tensor bias;   // [L0 * cout]
+  at::Tensor scale;  // [E]
+};
+
+/// scale[edge at each position of the tile] as a [count, 1] column (for broadcasting over a block).
+inline at::Tensor tile_scale(const at::Tensor& scale, const at::Tensor& perm, int64_t p0, int64_t count) {
+  const at::Tensor s = perm.defined() ? scale.index_select(0, perm.narrow(0, p0, count)) : scale.narrow(0, p0, count);
+  return s.view({count, 1});
+}
+
+/// Block m = 0 of a tile plus the bias (the m = 0 block's row is (l, c), l = 0..lmax: the bias layout).
+inline void add_tile_bias(at::Tensor& tile, const at::Tensor& bias, int64_t count, int64_t C, int lmax) {
+  tile_block(tile, count, C, lmax, 0).add_(bias.view({1, bias.numel()}));
+}
+
+/// Every block of a tile times the per-edge column `s`.
+inline void scale_tile(at::Tensor& tile, const at::Tensor& s, int64_t count, int64_t C, const Dims& d) {
+  for (int m = 0; m <= d.mmax; ++m) tile_block(tile, count, C, d.lmax, m).mul_(s);
+}
+
+/// out_acc[n_out, K, cout] (+)= sum over edges of D_out^T (scale (SO2Lin(mod (.) D_in feat[src]) + bias))
+/// scattered to tgt.  `perm` orders the edges by tgt when `segmented` (may be undefined for identity tgt).
 template <class K>
-void tiled_forward(const at::Tensor& x, const at::Tensor& wigner, const int64_t* src, const int64_t* tgt,
-                   const at::Tensor& perm, int64_t E, const at::Tensor& weight, const at::Tensor& mod, const Dims& d,
-                   bool segmented, at::Tensor& out_acc) {
+void tiled_forward(const at::Tensor& x, const Sides& sides, const at::Tensor& perm, int64_t E,
+                   const at::Tensor& weight, const at::Tensor& mod, const Extras& ex, const Dims& d, bool segmented,
+                   at::Tensor& out_acc) {
+  const int64_t *src = sides.src, *tgt = sides.tgt;
   if (E == 0) return;
   const at::ScalarType acc = out_acc.scalar_type();
   const at::Tensor w_acc = weight.to(acc);
@@ -386,7 +422,7 @@ void tiled_forward(const at::Tensor& x, const at::Tensor& wigner, const int64_t*
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t p0 = plan.bounds[t];
       const TileSpec spec{d.lmax, d.mmax, p0, plan.bounds[t + 1] - p0, perm_ptr};
-      K::rotate_in(spec, x, src, wigner, mod, a);
+      K::rotate_in(spec, x, src, sides.wig_in, mod, a);
       for (int m = 0; m <= d.mmax; ++m) {
         at::Tensor bm = tile_block(b, spec.count, d.cout, d.lmax, m);
         const at::Tensor am = tile_block(a, spec.count, d.cin, d.lmax, m);
@@ -396,7 +432,9 @@ void tiled_forward(const at::Tensor& x, const at::Tensor& wigner, const int64_t*
           so2_block_mm(am, wv, m, bm);
         }
       }
-      K::rotate_out_add(spec, b, tgt, wigner, out_acc, segmented);
+      if (ex.bias.defined()) add_tile_bias(b, ex.bias, spec.count, d.cout, d.lmax);
+      if (ex.scale.defined()) scale_tile(b, tile_scale(ex.scale, perm, p0, spec.count), spec.count, d.cout, d);
+      K::rotate_out_add(spec, b, tgt, sides.wig_out, out_acc, segmented);
     }
   });
 }
@@ -404,25 +442,36 @@ void tiled_forward(const at::Tensor& x, const at::Tensor& wigner, const int64_t*
 /// Gradient buffers of the backward; undefined members are not wanted.
 struct Grads {
   at::Tensor x_acc;              // [n_src, K, cin] accumulation dtype, zero-initialised
-  at::Tensor wigner;             // [E, P] every entry written
+  at::Tensor wigner;             // [E, P] every entry written (the terms of both sides' frames summed)
   at::Tensor weight;             // packed weight gradient (accumulation dtype, zeros)
   at::Tensor mod;                // [E, nmod, cin] every entry written
+  at::Tensor bias;               // [L0 * cout] accumulation dtype, zeros
+  at::Tensor scale;              // [E] accumulation dtype, every entry written
 };
 
 /// Backward of tiled_forward; `perm` orders the edges by src when `segmented`.
-/// With parallel tiles each worker accumulates its own weight gradient; they are
+/// With parallel tiles each worker accumulates its own weight (and bias) gradient; they are
 /// summed in worker order at the end (deterministic for a given thread count).
+/// Per tile, with G = D_out g[tgt] (unscaled) and A' = mod (.) D_in x[src]:
+///   GA = s SO2Lin^T(G); grad_mod, GA *= mod (rotate_in_backward);
+///   Y = SO2Lin(A') + bias; grad_scale = <Y, G>; grad_bias += sum s G_0;
+///   gW += (s G)^T A'; grad_wigner = GA (x) x[src] (in side) + s Y (x) g[tgt] (out side);
+///   grad_x[src] += D_in^T GA.
 template <class K>
-void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& wigner, const int64_t* src,
-                    const int64_t* tgt, const at::Tensor& perm, int64_t E, const at::Tensor& weight,
-                    const at::Tensor& mod, const Dims& d, bool segmented, at::ScalarType acc, Grads& out) {
+void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const Sides& sides, const at::Tensor& perm, int64_t E,
+                    const at::Tensor& weight, const at::Tensor& mod, const Extras& ex, const Dims& d, bool segmented,
+                    at::ScalarType acc, Grads& out) {
   if (E == 0) return;
+  const int64_t *src = sides.src, *tgt = sides.tgt;
   const bool need_x = out.x_acc.defined(), need_wig = out.wigner.defined();
   const bool need_w = out.weight.defined(), need_mod = out.mod.defined();
-  const bool has_mod = mod.defined();
-  const bool need_ga = need_x || need_wig || need_mod;   // gradient w.r.t. the rotated input
-  const bool need_a = need_w || need_wig;                // the (modulated) rotated input itself
-  if (!need_ga && !need_w) return;
+  const bool need_b = out.bias.defined(), need_s = out.scale.defined();
+  const bool wig_in_term = need_wig && sides.wig_in.defined(), wig_out_term = need_wig && sides.wig_out.defined();
+  const bool has_mod = mod.defined(), has_scale = ex.scale.defined();
+  const bool need_ga = need_x || wig_in_term || need_mod;  // gradient w.r.t. the rotated input
+  const bool need_y = wig_out_term || need_s;              // the layer's output Y on the tile
+  const bool need_a = need_w || need_y;                    // the (modulated) rotated input itself
+  if (!need_ga && !need_w && !need_y && !need_b) return;
   const at::Tensor w_acc = weight.to(acc);
   const WeightViews wv = weight_views(w_acc, d);
   const int64_t R = d.rows();
@@ -430,13 +479,18 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   const int64_t* perm_ptr = perm.defined() ? perm.data_ptr<int64_t>() : nullptr;
   const TilePlan plan = plan_tiles<K>(E, per_edge, (K::kParallelTiles && segmented && need_x) ? src : nullptr,
                                       perm_ptr);
-  // One weight-gradient accumulator per worker: the output itself for worker 0, zeros for the others.
+  // One weight / bias gradient accumulator per worker: the output itself for worker 0, zeros for the others.
   const int workers = plan.parallel ? K::num_workers() : 1;
-  at::Tensor gw_more;
+  at::Tensor gw_more, gb_more;
   std::vector<WeightViews> gwv;
+  std::vector<at::Tensor> gbv;
   if (need_w) {
     if (workers > 1) gw_more = at::zeros({workers - 1, out.weight.numel()}, out.weight.options());
     for (int w = 0; w < workers; ++w) gwv.push_back(weight_views(w == 0 ? out.weight : gw_more.select(0, w - 1), d));
+  }
+  if (need_b) {
+    if (workers > 1) gb_more = at::zeros({workers - 1, out.bias.numel()}, out.bias.options());
+    for (int w = 0; w < workers; ++w) gbv.push_back(w == 0 ? out.bias : gb_more.select(0, w - 1));
   }
   const auto opts = x.options().dtype(acc);
   const at::Tensor none;
@@ -447,13 +501,14 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
     at::Tensor g_t = at::empty({L * R * d.cout}, opts);
     at::Tensor ga_t = need_ga ? at::empty({L * R * d.cin}, opts) : at::Tensor();
     at::Tensor a_t = need_a ? at::empty({L * R * d.cin}, opts) : at::Tensor();
-    at::Tensor y_t = need_wig ? at::empty({L * R * d.cout}, opts) : at::Tensor();
+    at::Tensor y_t = need_y ? at::empty({L * R * d.cout}, opts) : at::Tensor();
     at::Tensor no_a;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t p0 = plan.bounds[t];
       const TileSpec spec{d.lmax, d.mmax, p0, plan.bounds[t + 1] - p0, perm_ptr};
       const int64_t n = spec.count;
-      K::rotate_in(spec, grad, tgt, wigner, none, g_t);
+      const at::Tensor s_col = has_scale ? tile_scale(ex.scale, perm, p0, n) : at::Tensor();
+      K::rotate_in(spec, grad, tgt, sides.wig_out, none, g_t);
       if (need_ga) {
         for (int m = 0; m <= d.mmax; ++m) {
           at::Tensor gam = tile_block(ga_t, n, d.cin, d.lmax, m);
@@ -464,24 +519,17 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
             so2_block_mm_t(gm, wv, m, gam);
           }
         }
+        if (has_scale) scale_tile(ga_t, s_col, n, d.cin, d);
       }
       if (has_mod && need_ga) {
         // Fused: A' = mod * a, grad_mod, and GA <- GA * mod (the gradient w.r.t. a).
-        K::rotate_in_backward(spec, x, src, wigner, mod, need_a ? a_t : no_a, ga_t, out.mod);
+        K::rotate_in_backward(spec, x, src, sides.wig_in, mod, need_a ? a_t : no_a, ga_t, out.mod);
       } else if (need_a) {
-        K::rotate_in(spec, x, src, wigner, mod, a_t);
+        K::rotate_in(spec, x, src, sides.wig_in, mod, a_t);
       }
-      for (int m = 0; m <= d.mmax && (need_w || need_wig); ++m) {
-        const at::Tensor am = tile_block(a_t, n, d.cin, d.lmax, m);
-        const at::Tensor gm = tile_block(g_t, n, d.cout, d.lmax, m);
-        if (need_w) {
-          if (K::kComplex3M) {
-            so2_block_weight_grad_3m(am, gm, gwv[worker], m, sc);
-          } else {
-            so2_block_weight_grad(am, gm, gwv[worker], m);
-          }
-        }
-        if (need_wig) {
+      if (need_y) {
+        for (int m = 0; m <= d.mmax; ++m) {
+          const at::Tensor am = tile_block(a_t, n, d.cin, d.lmax, m);
           at::Tensor ym = tile_block(y_t, n, d.cout, d.lmax, m);
           if (K::kComplex3M) {
             so2_block_mm_3m(am, wv, wsum, m, ym, sc);
@@ -489,13 +537,41 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
             so2_block_mm(am, wv, m, ym);
           }
         }
+        if (ex.bias.defined()) add_tile_bias(y_t, ex.bias, n, d.cout, d.lmax);
+        if (need_s) {
+          at::Tensor gs = tile_block(y_t, n, d.cout, d.lmax, 0).mul(tile_block(g_t, n, d.cout, d.lmax, 0)).sum(1);
+          for (int m = 1; m <= d.mmax; ++m)
+            gs.add_(tile_block(y_t, n, d.cout, d.lmax, m).mul(tile_block(g_t, n, d.cout, d.lmax, m)).sum(1));
+          if (perm.defined()) {
+            out.scale.index_copy_(0, perm.narrow(0, p0, n), gs);
+          } else {
+            out.scale.narrow(0, p0, n).copy_(gs);
+          }
+        }
+        if (has_scale && wig_out_term) scale_tile(y_t, s_col, n, d.cout, d);
       }
-      if (need_wig) K::wigner_grad(spec, ga_t, x, src, y_t, grad, tgt, out.wigner);
-      if (need_x) K::rotate_out_add(spec, ga_t, src, wigner, out.x_acc, segmented);
+      if (has_scale && (need_w || need_b)) scale_tile(g_t, s_col, n, d.cout, d);
+      if (need_b) gbv[worker].add_(tile_block(g_t, n, d.cout, d.lmax, 0).sum(0));
+      for (int m = 0; m <= d.mmax && need_w; ++m) {
+        const at::Tensor am = tile_block(a_t, n, d.cin, d.lmax, m);
+        const at::Tensor gm = tile_block(g_t, n, d.cout, d.lmax, m);
+        if (K::kComplex3M) {
+          so2_block_weight_grad_3m(am, gm, gwv[worker], m, sc);
+        } else {
+          so2_block_weight_grad(am, gm, gwv[worker], m);
+        }
+      }
+      if (need_wig) {
+        K::wigner_grad(spec, wig_in_term ? ga_t : none, x, src, wig_out_term ? y_t : none, grad, tgt, out.wigner);
+      }
+      if (need_x) K::rotate_out_add(spec, ga_t, src, sides.wig_in, out.x_acc, segmented);
     }
   });
   if (need_w && workers > 1) {
     for (int w = 1; w < workers; ++w) out.weight.add_(gw_more.select(0, w - 1));
+  }
+  if (need_b && workers > 1) {
+    for (int w = 1; w < workers; ++w) out.bias.add_(gb_more.select(0, w - 1));
   }
 }
 
@@ -519,7 +595,7 @@ at::Tensor message_forward(const at::Tensor& x_in, const at::Tensor& wigner_in, 
   const at::Tensor tgt_row = ei.select(0, 1);
   const at::Tensor perm = segmented ? K::sort_by(tgt_row, N) : at::Tensor();
   const int64_t* src = ei.data_ptr<int64_t>();
-  tiled_forward<K>(x, wigner, src, src + E, perm, E, weight, mod, d, segmented, out);
+  tiled_forward<K>(x, Sides{wigner, src, wigner, src + E}, perm, E, weight, mod, Extras{}, d, segmented, out);
   return out.to(x.scalar_type());
 }
 
@@ -550,7 +626,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> message_backward(
   const bool segmented = need_x && (K::kAlwaysSegmented || deterministic);
   const int64_t* src = ei.data_ptr<int64_t>();
   const at::Tensor perm = (segmented && E > 0) ? K::sort_by(ei.select(0, 0), N) : at::Tensor();
-  tiled_backward<K>(grad, x, wigner, src, src + E, perm, E, weight, mod, d, segmented, acc, g);
+  tiled_backward<K>(grad, x, Sides{wigner, src, wigner, src + E}, perm, E, weight, mod, Extras{}, d, segmented, acc,
+                    g);
   const at::Tensor empty = grad.new_empty({0});
   return {need_x ? g.x_acc.to(x.scalar_type()) : empty, need_wigner ? g.wigner : empty,
           need_weight ? g.weight.to(weight.scalar_type()) : empty, need_mod ? g.mod : empty};
@@ -565,7 +642,8 @@ at::Tensor linear_forward(const at::Tensor& x_in, const at::Tensor& weight_in, c
   const Dims d{int(lmax), int(mmax), x.size(2), cout};
   const int64_t E = x.size(0);
   at::Tensor out = at::zeros({E, d.coeffs(), cout}, x.options().dtype(acc_type(x.scalar_type())));
-  tiled_forward<K>(x, at::Tensor(), nullptr, nullptr, at::Tensor(), E, weight, mod, d, /*segmented=*/true, out);
+  tiled_forward<K>(x, Sides{at::Tensor(), nullptr, at::Tensor(), nullptr}, at::Tensor(), E, weight, mod, Extras{}, d,
+                   /*segmented=*/true, out);
   return out.to(x.scalar_type());
 }
 
@@ -591,11 +669,134 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const at::Tensor&
   if (need_x) g.x_acc = at::zeros({E, d.coeffs(), d.cin}, x.options().dtype(acc));
   if (need_weight) g.weight = at::zeros(weight.sizes(), weight.options().dtype(acc));
   if (need_mod) g.mod = (E == 0) ? at::zeros_like(mod) : at::empty_like(mod);
-  tiled_backward<K>(grad, x, at::Tensor(), nullptr, nullptr, at::Tensor(), E, weight, mod, d, /*segmented=*/true, acc,
-                    g);
+  tiled_backward<K>(grad, x, Sides{at::Tensor(), nullptr, at::Tensor(), nullptr}, at::Tensor(), E, weight, mod,
+                    Extras{}, d, /*segmented=*/true, acc, g);
   const at::Tensor empty = grad.new_empty({0});
   return {need_x ? g.x_acc.to(x.scalar_type()) : empty,
           need_weight ? g.weight.to(weight.scalar_type()) : empty, need_mod ? g.mod : empty};
+}
+
+// ------------------------------------------------------------ so2_frame_linear
+
+/// Checks of so2_frame_linear's inputs besides those of check_so2_inputs.
+inline void check_frame_inputs(const char* op, const at::Tensor& x, const at::Tensor& wigner, const at::Tensor& index,
+                               const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                               int64_t lmax, int64_t cout, int64_t num_nodes, bool to_nodes) {
+  TORCH_CHECK(wigner.dim() == 2 && wigner.size(1) == wigner_size(int(lmax)), op, ": wigner must be [E, ",
+              wigner_size(int(lmax)), "], got ", wigner.sizes());
+  TORCH_CHECK(wigner.scalar_type() == x.scalar_type() && wigner.device() == x.device(), op,
+              ": wigner must match x in dtype and device");
+  const int64_t E = wigner.size(0);
+  TORCH_CHECK(index.dim() == 1 && index.size(0) == E && index.scalar_type() == at::kLong &&
+                  index.device() == x.device(),
+              op, ": index must be int64 [E=", E, "] on the device of x, got ", index.sizes());
+  if (to_nodes) {
+    TORCH_CHECK(x.size(0) == E, op, ": x must hold one row per edge (", E, "), got ", x.size(0));
+    TORCH_CHECK(num_nodes >= 0, op, ": num_nodes must be >= 0, got ", num_nodes);
+  }
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == lmax + 1 && bias->size(1) == cout, op, ": bias must be [",
+                lmax + 1, ", ", cout, "], got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->device() == x.device(), op,
+                ": bias must match x in dtype and device");
+  }
+  if (scale.has_value() && scale->defined()) {
+    TORCH_CHECK(scale->dim() == 1 && scale->size(0) == E, op, ": scale must be [", E, "], got ", scale->sizes());
+    TORCH_CHECK(scale->scalar_type() == x.scalar_type() && scale->device() == x.device(), op,
+                ": scale must match x in dtype and device");
+  }
+}
+
+inline Extras frame_extras(const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                           at::ScalarType acc) {
+  Extras ex;
+  if (bias.has_value() && bias->defined()) ex.bias = bias->to(acc).contiguous().view({-1});
+  if (scale.has_value() && scale->defined()) ex.scale = scale->to(acc).contiguous();
+  return ex;
+}
+
+/// so2_frame_linear forward on backend K.  to_nodes = false (gather):
+///   out[e] = scale_e (SO2Lin(mod_e (.) D_e x[index[e]]) + bias)            [E, K, cout], edge frame
+/// to_nodes = true (scatter; x holds one edge-frame row per edge):
+///   out[index[e]] += scale_e D_e^T (SO2Lin(mod_e (.) x[e]) + bias)        [num_nodes, K, cout]
+template <class K>
+at::Tensor frame_forward(const at::Tensor& x_in, const at::Tensor& wigner_in, const at::Tensor& index_in,
+                         const at::Tensor& weight_in, const c10::optional<at::Tensor>& mod_in,
+                         const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale, int64_t lmax,
+                         int64_t mmax, int64_t cout, int64_t num_nodes, bool to_nodes, bool deterministic) {
+  check_so2_inputs("so2_frame_linear", x_in, weight_in, mod_in, lmax, mmax, cout, wigner_in.size(0));
+  check_frame_inputs("so2_frame_linear", x_in, wigner_in, index_in, bias, scale, lmax, cout, num_nodes, to_nodes);
+  const at::Tensor x = x_in.contiguous(), wigner = wigner_in.contiguous(), index = index_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous(), mod = defined_or_empty(mod_in);
+  const Dims d{int(lmax), int(mmax), x.size(2), cout};
+  const int64_t E = wigner.size(0);
+  const at::ScalarType acc = acc_type(x.scalar_type());
+  const Extras ex = frame_extras(bias, scale, acc);
+  at::Tensor out = at::zeros({to_nodes ? num_nodes : E, d.coeffs(), cout}, x.options().dtype(acc));
+  if (E == 0) return out.to(x.scalar_type());
+  const int64_t* idx = index.data_ptr<int64_t>();
+  if (to_nodes) {
+    const bool segmented = K::kAlwaysSegmented || deterministic;
+    const at::Tensor perm = segmented ? K::sort_by(index, num_nodes) : at::Tensor();
+    tiled_forward<K>(x, Sides{at::Tensor(), nullptr, wigner, idx}, perm, E, weight, mod, ex, d, segmented, out);
+  } else {
+    tiled_forward<K>(x, Sides{wigner, idx, at::Tensor(), nullptr}, at::Tensor(), E, weight, mod, ex, d,
+                     /*segmented=*/true, out);
+  }
+  return out.to(x.scalar_type());
+}
+
+/// so2_frame_linear backward on backend K: gradients w.r.t. x, wigner, weight, modulation, bias, scale
+/// ([0] placeholders where not wanted or the input is absent).
+template <class K>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> frame_backward(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& wigner_in, const at::Tensor& index_in,
+    const at::Tensor& weight_in, const c10::optional<at::Tensor>& mod_in, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& scale, int64_t lmax, int64_t mmax, int64_t cout, int64_t num_nodes,
+    bool to_nodes, bool deterministic, bool need_x, bool need_wigner, bool need_weight, bool need_mod, bool need_bias,
+    bool need_scale) {
+  check_so2_inputs("so2_frame_linear_backward", x_in, weight_in, mod_in, lmax, mmax, cout, wigner_in.size(0));
+  check_frame_inputs("so2_frame_linear_backward", x_in, wigner_in, index_in, bias, scale, lmax, cout, num_nodes,
+                     to_nodes);
+  const int64_t E = wigner_in.size(0), rows = to_nodes ? num_nodes : E;
+  TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == rows && grad_in.size(1) == x_in.size(1) &&
+                  grad_in.size(2) == cout && grad_in.device() == x_in.device(),
+              "so2_frame_linear_backward: grad must be [", rows, ", ", x_in.size(1), ", ", cout, "], got ",
+              grad_in.sizes());
+  const at::Tensor x = x_in.contiguous(), wigner = wigner_in.contiguous(), index = index_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous(), mod = defined_or_empty(mod_in);
+  const at::Tensor grad = grad_in.to(x.scalar_type()).contiguous();
+  const Dims d{int(lmax), int(mmax), x.size(2), cout};
+  const at::ScalarType acc = acc_type(x.scalar_type());
+  const Extras ex = frame_extras(bias, scale, acc);
+  need_mod = need_mod && mod.defined();
+  need_bias = need_bias && ex.bias.defined();
+  need_scale = need_scale && ex.scale.defined();
+  Grads g;
+  if (need_x) g.x_acc = at::zeros(x.sizes(), x.options().dtype(acc));
+  if (need_wigner) g.wigner = (E == 0) ? at::zeros_like(wigner) : at::empty_like(wigner);
+  if (need_weight) g.weight = at::zeros(weight.sizes(), weight.options().dtype(acc));
+  if (need_mod) g.mod = (E == 0) ? at::zeros_like(mod) : at::empty_like(mod);
+  if (need_bias) g.bias = at::zeros({ex.bias.numel()}, x.options().dtype(acc));
+  if (need_scale) g.scale = at::zeros({E}, x.options().dtype(acc));
+  const int64_t* idx = index.data_ptr<int64_t>();
+  if (to_nodes) {
+    // the scatter's backward is a gather (no order needed); x's gradient is per edge (identity)
+    tiled_backward<K>(grad, x, Sides{at::Tensor(), nullptr, wigner, idx}, at::Tensor(), E, weight, mod, ex, d,
+                      /*segmented=*/true, acc, g);
+  } else {
+    const bool segmented = need_x && (K::kAlwaysSegmented || deterministic);
+    const at::Tensor perm = (segmented && E > 0) ? K::sort_by(index, x.size(0)) : at::Tensor();
+    tiled_backward<K>(grad, x, Sides{wigner, idx, at::Tensor(), nullptr}, perm, E, weight, mod, ex, d, segmented, acc,
+                      g);
+  }
+  const at::Tensor empty = grad.new_empty({0});
+  return {need_x ? g.x_acc.to(x.scalar_type()) : empty,
+          need_wigner ? g.wigner : empty,
+          need_weight ? g.weight.to(weight.scalar_type()) : empty,
+          need_mod ? g.mod : empty,
+          need_bias ? g.bias.to(bias->scalar_type()).view(bias->sizes()) : empty,
+          need_scale ? g.scale.to(scale->scalar_type()) : empty};
 }
 
 }  // namespace driver

@@ -49,7 +49,8 @@ struct TileSpec {
   static void rotate_out_add(const TileSpec& spec, const at::Tensor& tile, const int64_t* idx,                  \
                              const at::Tensor& wigner, at::Tensor& out, bool segmented);                        \
   /* grad_wigner[e, (l,i,j)] = sum_c ga[e,(l,i),c] x[src[e],(l,j),c] + y[e,(l,i),c] g[tgt[e],(l,j),c]          */ \
-  /* for rows |m_i| <= mmax, 0 elsewhere.                                                                     */ \
+  /* for rows |m_i| <= mmax, 0 elsewhere.  An undefined ga (y) drops the first (second) term; a null src    */ \
+  /* (tgt) reads row e.                                                                                       */ \
   static void wigner_grad(const TileSpec& spec, const at::Tensor& ga, const at::Tensor& x, const int64_t* src,  \
                           const at::Tensor& y, const at::Tensor& g, const int64_t* tgt, at::Tensor& grad_wigner); \
   /* Stable order of the edges by key (a row of edge_index, values in [0, n)): [E] int64 on the key's device. */ \
