@@ -226,43 +226,39 @@ def _conv1_backward(s: _Spec, need, acc, g_hid, g_pre, x, ws, fs, w_s, w_t, w_ga
 
 # ------------------------------------------------------------------ the consumer: gate, conv2, rotation back, sum
 def _conv2_into(s: _Spec, out, hid, gates, w2, b2, ws, es, ds):
-    """One slice (no grad mode): ``out[dst] += env * D^T (conv2(gate(hid)) + b2)``."""
+    """One slice (no grad mode): ``out[dst] += env * D^T (conv2(gate(hid)) + b2)``.
+
+    Not ``so2_linear_scatter``: that op returns a fresh ``[N, K, C]`` sum per call, which per slice
+    would cost O(N) each (O(N E / LEAN_SLICE) per step on large graphs)."""
     g = _gate_apply(hid, gates, s.lmax)
     y = so2_linear(g, w2, s.lmax, s.mmax, s.c)
     del g
     _add_m0_bias(y, b2, s.lmax)
     if es is not None:
-        y.mul_(es)
+        y.mul_(es.view(-1, 1, 1))
     msg = rotate(y, ws, s.lmax, inverse=True)
     del y
     out.index_add_(0, ds, msg)
 
 
 def _conv2_backward(s: _Spec, need, acc, g_out, hs, gs, w2, b2, ws, es, ds, sl, grad_mode):
-    """Gradients of ``_conv2_into`` for one slice; returns the gradients of ``hid`` and of the gates
-    (None where not needed).  ``need = (need_hid_or_gates, nw2, nb2, nwig, nenv)``."""
+    """Gradients of ``_conv2_into`` for one slice (one fused ``so2_frame_linear`` backward: gather +
+    rotate of ``g_out[dst]``, conv2^T, the bias, envelope, Wigner and weight gradients); returns the
+    gradients of ``hid`` and of the gates (None where not needed).
+    ``need = (need_hid_or_gates, nw2, nb2, nwig, nenv)``."""
     need_g, nw2, nb2, nwig, nenv = need
     lmax = s.lmax
-    # d out / d msg is a gather at the targets; d msg / d y is D (fused gather + rotate)
-    g_y = rotate(g_out, ws, lmax, index=ds)
     g = _gate_apply(hs, gs, lmax)  # recomputed (elementwise), instead of saved
-    if nwig or nenv:
-        y = _add_m0_bias(so2_linear(g, w2, lmax, s.mmax, s.c), b2, lmax)
-        if nenv:
-            acc["env"].add(sl, (g_y * y).sum(dim=(1, 2)))
-        if nwig:
-            yenv = y if es is None else y * es
-            acc["wig"].add(sl, _ops.rotate_backward(yenv.contiguous(), g_out, ws, lmax, ds, False, False, True)[1])
-            del yenv
-        del y
-    if es is not None:
-        g_y = g_y * es if grad_mode else g_y.mul_(es)
+    gg, gwig, gw2i, _, gb2, genv = _ops.so2_frame_linear_backward(
+        g_out, g, ws, ds, w2, None, b2, es, lmax, s.mmax, s.c, g_out.shape[0], True, False,
+        need_g, nwig, nw2, False, nb2, nenv)
+    del g
+    if nenv:
+        acc["env"].add(sl, genv)
+    if nwig:
+        acc["wig"].add(sl, gwig)
     if nb2:
-        acc["b2"] = _acc(acc.get("b2"), _m0_sum(g_y, lmax), grad_mode)
-    if not (need_g or nw2):
-        return None, None
-    gg, gw2i, _ = _ops.so2_linear_backward(g_y.contiguous(), g, w2, None, lmax, s.mmax, s.c, need_g, nw2, False)
-    del g, g_y
+        acc["b2"] = _acc(acc.get("b2"), gb2, grad_mode)
     if nw2:
         acc["w2"] = _acc(acc.get("w2"), gw2i, grad_mode)
     if not need_g:
@@ -311,7 +307,7 @@ class _LeanBlock(torch.autograd.Function):
                         pre[sl] = pre_s
                     gates = torch.sigmoid(pre_s).view(-1, lmax, hidden)
                 del pre_s
-                _conv2_into(s, out, hid, gates, w2, b2, ws, None if env is None else env[sl].view(-1, 1, 1), ds)
+                _conv2_into(s, out, hid, gates, w2, b2, ws, None if env is None else env[sl], ds)
                 del hid, gates
         ctx.save_for_backward(x, wigner, feat, w_last, b_last, w_s, w_t, bias1, w_gate, b_gate, w2, b2, env, src,
                               dst, hid_kept, pre)
@@ -336,7 +332,7 @@ class _LeanBlock(torch.autograd.Function):
             g_out = g_out.contiguous()
             for sl in slices:
                 ws, fs, ss, ds = wigner[sl], feat[sl], src[sl].contiguous(), dst[sl].contiguous()
-                es = None if env is None else env[sl].view(-1, 1, 1)
+                es = None if env is None else env[sl]
                 if grad_mode:  # create_graph: recompute from the inputs so the graph reaches them
                     hs, pre_s = _conv1(s, x, ws, fs, w_s, w_t, bias1, w_gate, b_gate, ss, ds)
                 else:
