@@ -118,8 +118,9 @@ def test_gather_then_scatter_equals_so2_message(backend, device):
 def test_gradcheck_through_edge_wigner(backend, scatter):
     require(backend, "cpu")
     x, _, _, ei, w, mod = message_inputs(5, 8, 2, 1, 3, 2, F64, "cpu")
-    # generic directions: one side alone depends on the frame's roll about the edge, which jumps at
-    # the poles (+-y), so finite differences there are meaningless (so2_message's D^T .. D cancels it)
+    # generic directions: one side alone depends on the frame's roll about the edge, which jumps on the
+    # chart boundary u_y = 0 (docs/math.md 1), where finite differences are meaningless (so2_message's
+    # D^T .. D cancels the roll)
     v = random_edges(8, F64, "cpu", torch.Generator().manual_seed(5), singular=False)
     if scatter:
         x = torch.randn(8, 9, 3, dtype=F64)

@@ -10,7 +10,9 @@ for the backward, only its inputs, conv1's output on the rows that can be nonzer
 (``[E, R, H]``: rows ``|m| > mmax`` of an SO(2) layer's output are zero) and the
 gates' logits (``[E, G]``).  The backward walks the slices once, each end to end:
 
-    consumer backward (rotate gout[dst] into the frame, conv2^T, gate^T)
+    consumer backward (one fused ``so2_frame_linear`` backward: gout[dst] gathered and
+    rotated into the frame, conv2^T, conv2's bias / envelope / Wigner / weight
+    gradients; then gate^T)
       -> gradient of conv1's output for this slice only
       -> producer backward (conv1^T, modulation, rotations back, scatter)
 
