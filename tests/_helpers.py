@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from e3nn import o3
 
 import so2ops
 from so2ops.dispatch import runnable
@@ -70,3 +71,17 @@ def message_inputs(n, e, lmax, mmax, cin, cout, dtype, device, modulation=True, 
     w = (torch.randn(so2ops.weight_size(lmax, mmax, cin, cout), dtype=dtype, generator=g) / cin**0.5).to(device)
     mod = torch.randn(e, so2ops.num_mod(lmax, mmax), cin, dtype=dtype, generator=g).to(device) if modulation else None
     return x, v, wig, ei, w, mod
+
+
+def rotation_and_D(lmax, dtype, seed):
+    """A seeded rotation matrix ``[3, 3]`` and e3nn's Wigner-D ``[K, K]`` of it (the independent oracle)."""
+    g = torch.Generator().manual_seed(seed)
+    angles = [torch.rand((), dtype=torch.float64, generator=g) * s for s in (6.283, 3.1416, 6.283)]
+    rot = o3.angles_to_matrix(*angles)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # e3nn builds its generators in the default dtype
+    try:
+        d = o3.Irreps.spherical_harmonics(lmax).D_from_angles(*angles)
+    finally:
+        torch.set_default_dtype(old)
+    return rot.to(dtype), d.to(dtype)

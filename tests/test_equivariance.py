@@ -8,25 +8,12 @@ from e3nn import o3
 import so2ops
 from so2ops.nn import SO2Convolution
 
-from _helpers import backend_params, message_inputs, require
+from _helpers import backend_params, message_inputs, require, rotation_and_D
 
 F64 = torch.float64
 ALL_BACKENDS = backend_params() + [pytest.param("reference", "cpu", id="reference")]
 #: max |error| / max |output| allowed per dtype (the issue's bounds)
 EQUIV_TOL = {torch.float32: 1e-5, torch.float64: 1e-11}
-
-
-def _rotation_and_D(lmax, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
-    angles = [torch.rand((), dtype=F64, generator=g) * s for s in (6.283, 3.1416, 6.283)]
-    rot = o3.angles_to_matrix(*angles)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)  # e3nn builds its generators in the default dtype
-    try:
-        d = o3.Irreps.spherical_harmonics(lmax).D_from_angles(*angles)
-    finally:
-        torch.set_default_dtype(old)
-    return rot.to(dtype), d.to(dtype)
 
 
 def _rel_err(a, b):
@@ -40,7 +27,7 @@ def test_so2_message_is_equivariant(backend, device, dtype, lmax, mmax):
     if backend != "reference":
         require(backend, device)
     x, v, _, ei, w, mod = message_inputs(8, 40, lmax, mmax, 5, 4, dtype, device)  # includes +-y edges
-    rot, d = _rotation_and_D(lmax, dtype, seed=lmax)
+    rot, d = rotation_and_D(lmax, dtype, seed=lmax)
     rot, d = rot.to(device), d.to(device)
     with so2ops.use_backend(backend):
         out = so2ops.so2_message(x, so2ops.edge_wigner(v, lmax), ei, w, lmax, mmax, 4, mod)
@@ -77,7 +64,7 @@ def test_so2_convolution_is_equivariant(backend, device, dtype):
     conv = SO2Convolution(lmax, 2, 6, 5, edge_attr_dim=4).to(device=device, dtype=dtype)
     x, v, _, ei, _, _ = message_inputs(7, 30, lmax, 2, 6, 5, dtype, device, modulation=False)
     attr = torch.randn(30, 4, dtype=dtype, device=device)
-    rot, d = _rotation_and_D(lmax, dtype, seed=11)
+    rot, d = rotation_and_D(lmax, dtype, seed=11)
     rot, d = rot.to(device), d.to(device)
     with so2ops.use_backend(backend), torch.no_grad():
         out = conv(x, ei, v, attr)

@@ -2,11 +2,10 @@
 reference and against the ops it fuses, gradients, double backward, equivariance, bad input."""
 import pytest
 import torch
-from e3nn import o3
 
 import so2ops
 
-from _helpers import FAST, assert_close, backend_params, message_inputs, random_edges, require
+from _helpers import FAST, assert_close, backend_params, message_inputs, random_edges, require, rotation_and_D
 
 F64 = torch.float64
 ALL_BACKENDS = backend_params() + [pytest.param("reference", "cpu", id="reference")]
@@ -161,18 +160,6 @@ def test_opcheck(backend, scatter):
             torch.library.opcheck(torch.ops.so2ops.so2_frame_linear.default, args)
 
 
-def _rotation_and_D(lmax, seed):
-    g = torch.Generator().manual_seed(seed)
-    angles = [torch.rand((), dtype=F64, generator=g) * s for s in (6.283, 3.1416, 6.283)]
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)  # e3nn builds its generators in the default dtype
-    try:
-        d = o3.Irreps.spherical_harmonics(lmax).D_from_angles(*angles)
-    finally:
-        torch.set_default_dtype(old)
-    return o3.angles_to_matrix(*angles).to(F64), d
-
-
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_equivariance(backend, device):
     """Rotating the node features and edge vectors (e3nn's D): the scattered node features
@@ -183,7 +170,7 @@ def test_equivariance(backend, device):
     lmax, mmax, c = 3, 2, 4
     x, v, _, ei, w, mod = message_inputs(8, 40, lmax, mmax, c, c, F64, device)  # includes +-y edges
     bias, scale = torch.randn(lmax + 1, c, dtype=F64).to(device), torch.rand(40, dtype=F64).to(device)
-    rot, d = (t.to(device) for t in _rotation_and_D(lmax, seed=3))
+    rot, d = (t.to(device) for t in rotation_and_D(lmax, F64, seed=3))
     with so2ops.use_backend(backend):
         def block(xx, vv):
             wg = so2ops.edge_wigner(vv, lmax)

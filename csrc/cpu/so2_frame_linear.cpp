@@ -18,12 +18,6 @@
 namespace so2ops {
 namespace {
 
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": CPU kernel got a tensor on ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU backend supports float32 and float64, got ", x.scalar_type());
-}
-
 /// Every index in [0, n): guards the raw indexing of the kernels.
 void check_index_range(const at::Tensor& index_in, int64_t n, const char* op) {
   TORCH_CHECK(index_in.scalar_type() == at::kLong && index_in.dim() == 1, op, ": index must be int64 [E]");
@@ -39,7 +33,7 @@ at::Tensor so2_frame_linear_forward_cpu(const at::Tensor& x, const at::Tensor& w
                                         const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
                                         int64_t lmax, int64_t mmax, int64_t out_channels, int64_t num_nodes,
                                         bool to_nodes, bool deterministic) {
-  check_cpu(x, "so2_frame_linear_forward");
+  driver::check_tile_backend(x, "so2_frame_linear_forward", false);
   check_index_range(index, to_nodes ? num_nodes : x.size(0), "so2_frame_linear_forward");
   return driver::frame_forward<CpuKernels>(x, wigner, index, weight, modulation, bias, scale, lmax, mmax,
                                            out_channels, num_nodes, to_nodes, deterministic);
@@ -51,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& scale, int64_t lmax, int64_t mmax, int64_t out_channels, int64_t num_nodes,
     bool to_nodes, bool deterministic, bool need_x, bool need_wigner, bool need_weight, bool need_mod,
     bool need_bias, bool need_scale) {
-  check_cpu(x, "so2_frame_linear_backward");
+  driver::check_tile_backend(x, "so2_frame_linear_backward", false);
   check_index_range(index, to_nodes ? num_nodes : x.size(0), "so2_frame_linear_backward");
   return driver::frame_backward<CpuKernels>(grad, x, wigner, index, weight, modulation, bias, scale, lmax, mmax,
                                             out_channels, num_nodes, to_nodes, deterministic, need_x, need_wigner,

@@ -15,23 +15,17 @@
 namespace so2ops {
 namespace {
 
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": CPU kernel got a tensor on ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU backend supports float32 and float64, got ", x.scalar_type());
-}
-
 at::Tensor so2_linear_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
                                   const c10::optional<at::Tensor>& modulation, int64_t lmax, int64_t mmax,
                                   int64_t out_channels) {
-  check_cpu(x, "so2_linear_forward");
+  driver::check_tile_backend(x, "so2_linear_forward", false);
   return driver::linear_forward<CpuKernels>(x, weight, modulation, lmax, mmax, out_channels);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> so2_linear_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& modulation,
     int64_t lmax, int64_t mmax, int64_t out_channels, bool need_x, bool need_weight, bool need_mod) {
-  check_cpu(x, "so2_linear_backward");
+  driver::check_tile_backend(x, "so2_linear_backward", false);
   return driver::linear_backward<CpuKernels>(grad, x, weight, modulation, lmax, mmax, out_channels, need_x,
                                              need_weight, need_mod);
 }

@@ -27,12 +27,6 @@ void check_edge_range(const at::Tensor& ei, int64_t n) {
               bad % std::max<int64_t>(1, ei.size(1)), "] = ", bad < 0 ? 0 : p[bad], " is outside [0, ", n, ")");
 }
 
-void check_cpu(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": CPU kernel got a tensor on ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU backend supports float32 and float64, got ", x.scalar_type());
-}
-
 }  // namespace
 
 // ------------------------------------------------------------ entry points
@@ -42,7 +36,7 @@ namespace {
 at::Tensor so2_message_forward_cpu(const at::Tensor& x, const at::Tensor& wigner, const at::Tensor& edge_index,
                                    const at::Tensor& weight, const c10::optional<at::Tensor>& modulation,
                                    int64_t lmax, int64_t mmax, int64_t out_channels, bool deterministic) {
-  check_cpu(x, "so2_message_forward");
+  driver::check_tile_backend(x, "so2_message_forward", false);
   driver::check_message_inputs(x, wigner, edge_index, lmax);
   check_edge_range(edge_index.contiguous(), x.size(0));
   return driver::message_forward<CpuKernels>(x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels,
@@ -53,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> so2_message_backward_
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& wigner, const at::Tensor& edge_index,
     const at::Tensor& weight, const c10::optional<at::Tensor>& modulation, int64_t lmax, int64_t mmax,
     int64_t out_channels, bool deterministic, bool need_x, bool need_wigner, bool need_weight, bool need_mod) {
-  check_cpu(x, "so2_message_backward");
+  driver::check_tile_backend(x, "so2_message_backward", false);
   driver::check_message_inputs(x, wigner, edge_index, lmax);
   check_edge_range(edge_index.contiguous(), x.size(0));
   return driver::message_backward<CpuKernels>(grad, x, wigner, edge_index, weight, modulation, lmax, mmax,

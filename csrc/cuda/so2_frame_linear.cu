@@ -13,13 +13,6 @@
 namespace so2ops {
 namespace {
 
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": CUDA kernel got a tensor on ", x.device());
-  const auto t = x.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
-              ": the CUDA backend supports float32/float64/float16/bfloat16, got ", t);
-}
-
 bool want_deterministic(bool deterministic) {
   return deterministic || at::globalContext().deterministicAlgorithms();
 }
@@ -29,7 +22,7 @@ at::Tensor so2_frame_linear_forward_cuda(const at::Tensor& x, const at::Tensor& 
                                          const c10::optional<at::Tensor>& bias,
                                          const c10::optional<at::Tensor>& scale, int64_t lmax, int64_t mmax,
                                          int64_t out_channels, int64_t num_nodes, bool to_nodes, bool deterministic) {
-  check_cuda(x, "so2_frame_linear_forward");
+  driver::check_tile_backend(x, "so2_frame_linear_forward", true);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   return driver::frame_forward<CudaKernels>(x, wigner, index, weight, modulation, bias, scale, lmax, mmax,
                                             out_channels, num_nodes, to_nodes, want_deterministic(deterministic));
@@ -41,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& scale, int64_t lmax, int64_t mmax, int64_t out_channels, int64_t num_nodes,
     bool to_nodes, bool deterministic, bool need_x, bool need_wigner, bool need_weight, bool need_mod,
     bool need_bias, bool need_scale) {
-  check_cuda(x, "so2_frame_linear_backward");
+  driver::check_tile_backend(x, "so2_frame_linear_backward", true);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   return driver::frame_backward<CudaKernels>(grad, x, wigner, index, weight, modulation, bias, scale, lmax, mmax,
                                              out_channels, num_nodes, to_nodes, want_deterministic(deterministic),

@@ -16,17 +16,10 @@
 namespace so2ops {
 namespace {
 
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": CUDA kernel got a tensor on ", x.device());
-  const auto t = x.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
-              ": the CUDA backend supports float32/float64/float16/bfloat16, got ", t);
-}
-
 at::Tensor so2_linear_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
                                    const c10::optional<at::Tensor>& modulation, int64_t lmax, int64_t mmax,
                                    int64_t out_channels) {
-  check_cuda(x, "so2_linear_forward");
+  driver::check_tile_backend(x, "so2_linear_forward", true);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   return driver::linear_forward<CudaKernels>(x, weight, modulation, lmax, mmax, out_channels);
 }
@@ -34,7 +27,7 @@ at::Tensor so2_linear_forward_cuda(const at::Tensor& x, const at::Tensor& weight
 std::tuple<at::Tensor, at::Tensor, at::Tensor> so2_linear_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& modulation,
     int64_t lmax, int64_t mmax, int64_t out_channels, bool need_x, bool need_weight, bool need_mod) {
-  check_cuda(x, "so2_linear_backward");
+  driver::check_tile_backend(x, "so2_linear_backward", true);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   return driver::linear_backward<CudaKernels>(grad, x, weight, modulation, lmax, mmax, out_channels, need_x,
                                               need_weight, need_mod);

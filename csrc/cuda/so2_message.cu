@@ -16,13 +16,6 @@ namespace so2ops {
 
 namespace {
 
-void check_cuda(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": CUDA kernel got a tensor on ", x.device());
-  const auto t = x.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
-              ": the CUDA backend supports float32/float64/float16/bfloat16, got ", t);
-}
-
 // torch.use_deterministic_algorithms(True) promises run-to-run identical
 // results: honour it by taking the segmented (sorted, atomic-free) scatter
 // even when the caller did not ask for `deterministic` explicitly.
@@ -33,7 +26,7 @@ bool want_deterministic(bool deterministic) {
 at::Tensor so2_message_forward_cuda(const at::Tensor& x, const at::Tensor& wigner, const at::Tensor& edge_index,
                                     const at::Tensor& weight, const c10::optional<at::Tensor>& modulation,
                                     int64_t lmax, int64_t mmax, int64_t out_channels, bool deterministic) {
-  check_cuda(x, "so2_message_forward");
+  driver::check_tile_backend(x, "so2_message_forward", true);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   return driver::message_forward<CudaKernels>(x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels,
                                               want_deterministic(deterministic));
@@ -43,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> so2_message_backward_
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& wigner, const at::Tensor& edge_index,
     const at::Tensor& weight, const c10::optional<at::Tensor>& modulation, int64_t lmax, int64_t mmax,
     int64_t out_channels, bool deterministic, bool need_x, bool need_wigner, bool need_weight, bool need_mod) {
-  check_cuda(x, "so2_message_backward");
+  driver::check_tile_backend(x, "so2_message_backward", true);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   return driver::message_backward<CudaKernels>(grad, x, wigner, edge_index, weight, modulation, lmax, mmax,
                                                out_channels, want_deterministic(deterministic), need_x, need_wigner,

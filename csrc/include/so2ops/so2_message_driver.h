@@ -80,6 +80,20 @@ struct Dims {
   }
 };
 
+/// The device and dtype a tile backend's entry point accepts (so2_linear, so2_message,
+/// so2_frame_linear): CPU float32 / float64; CUDA also float16 / bfloat16.
+inline void check_tile_backend(const at::Tensor& x, const char* op, bool cuda) {
+  const auto t = x.scalar_type();
+  if (cuda) {
+    TORCH_CHECK(x.is_cuda(), op, ": CUDA kernel got a tensor on ", x.device());
+    TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
+                ": the CUDA backend supports float32/float64/float16/bfloat16, got ", t);
+  } else {
+    TORCH_CHECK(x.device().is_cpu(), op, ": CPU kernel got a tensor on ", x.device());
+    TORCH_CHECK(t == at::kFloat || t == at::kDouble, op, ": the CPU backend supports float32 and float64, got ", t);
+  }
+}
+
 /// Metadata checks shared by every entry point (the Python wrappers check the
 /// same, but the C++ ops must be safe when called directly).
 inline void check_so2_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
