@@ -12,9 +12,10 @@ vector products, ``gradgradcheck``.  The math is in docs/math.md, section
   with the op's own forward and backward custom ops, so it runs on the fast
   backend that was chosen at forward time and is itself differentiable to any
   order;
-* ``so2_message`` (quadratic in ``wigner``): the vjp is recomputed through the
-  unfused composition of fast ops (``rotate`` with ``index=src``,
-  ``so2_linear``, ``rotate`` inverse, ``index_add``) and differentiated;
+* ``so2_message`` (quadratic in ``wigner``) and ``so2_frame_linear`` (affine,
+  with its bias): the vjp is recomputed through the unfused composition of fast
+  ops (``rotate`` with ``index=src``, ``so2_linear``, ``rotate`` inverse,
+  ``index_add``) and differentiated;
 * ``edge_wigner``, ``so2_tensor_product`` (its fused grid stage) and
   ``assemble_blocks``: the vjp of the reference implementation
   (``so2ops.reference``) is differentiated: correct on every backend, plain
@@ -257,7 +258,7 @@ def _so2_message_bb(ctx, ggx, ggwig, ggw, ggm):
     return (g_grad, x_grad, d_grad, None, w_grad, m_grad) + (None,) * 8
 
 
-# ------------------------------------------------------------------ so2_frame_linear (quadratic in wigner when scattered)
+# ------------------------------------------------------------------ so2_frame_linear (affine: bias, scale)
 def _frame_setup(ctx, inputs, output):
     _common_setup(ctx)
     grad, x, wigner, index, weight, modulation, bias, scale = inputs[:8]
