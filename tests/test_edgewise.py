@@ -281,7 +281,7 @@ def saved_bytes(module, *args) -> int:
 def test_lean_saved_bytes():
     """The lean block keeps about R H + lmax H numbers per edge for the backward (conv1's output on the
     R rows |m| <= mmax and the gate logits; plus inputs, parameters and the small radial activations);
-    the plain composition keeps about K (4 C + 3 H) + NM 2C + (lmax+1) 2C: it does not fit the lean bound."""
+    the plain composition keeps about K (2 C + 3 H) + NM 2C + (lmax+1) 2C: it does not fit the lean bound."""
     lmax, mmax, c, h, n = 3, 1, 16, 16, 12
     dtype = torch.float32
     plain, lean, gen = _lean_pair(lmax, mmax, c, h, dtype, 41)
@@ -338,3 +338,27 @@ def test_caches_first_filled_under_inference_mode(lean):
         linear(x.new_ones(3, 9, c))
     for a, b in zip(train(), expected):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("lmax,mmax", [(3, 2), (0, 0)])
+def test_plain_fused_consumer_equals_summed_edge_messages(lmax, mmax):
+    """lean=False sums with the fused ``so2_linear_scatter``; ``edge_messages`` + ``index_add`` (rotate,
+    so2_linear, no so2_frame_linear) is the oracle: output and every gradient."""
+    dtype = torch.float64
+    gen = torch.Generator().manual_seed(41)
+    block = _perturb(SO2EdgewiseBlock(lmax, mmax, 3, 4, [EDGE_ATTR, 6], lean=False), gen).to(dtype)
+    pos, ei, x, ea, env = _inputs(lmax, 3, 7, dtype, gen)
+    results = []
+    for fused in (True, False):
+        p, xx, a, en = (t.clone().requires_grad_() for t in (pos, x, ea, env))
+        block.zero_grad()
+        w = so2ops.edge_wigner(p[ei[1]] - p[ei[0]], lmax)
+        if fused:
+            y = block(xx, ei, w, a, en)
+        else:
+            y = xx.new_zeros(xx.shape).index_add(0, ei[1], block.edge_messages(xx, w, ei[0], ei[1], a, en))
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
+        (y * g).sum().backward()
+        results.append([y.detach(), xx.grad, a.grad, p.grad, en.grad] + [q.grad.clone() for q in block.parameters()])
+    for i, (a, b) in enumerate(zip(*results)):
+        assert_close(a, b, dtype, f"fused vs edge_messages tensor {i}")

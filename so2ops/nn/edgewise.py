@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..dispatch import current_backend, use_backend
 from ..layout import coeff_index, num_coeffs, num_mod, weight_size
-from ..ops import rotate, so2_linear
+from ..ops import rotate, so2_linear, so2_linear_scatter
 from .edgewise_lean import lean_block_messages, m0_index
 from .so2_linear import init_so2_weight
 
@@ -143,17 +143,17 @@ class SO2EdgewiseBlock(nn.Module):
         edge_chunk: if set, edges are processed ``edge_chunk`` at a time under
             ``torch.utils.checkpoint``: the ``[E, K, *]`` intermediates kept for
             the backward (the rotated ``a``, ``b``, the result of ``conv1``, the
-            expanded gates, the gated features and the message: about
-            ``K (3 C + 3 H)`` numbers per edge) exist for one chunk at a time
+            expanded gates and the gated features: about ``K (2 C + 3 H)``
+            numbers per edge) exist for one chunk at a time
             instead of for the whole graph, at the cost
             of recomputing the block's forward during backward (one extra
-            forward pass of the block per training step) and one ``index_add_``
+            forward pass of the block per training step) and one ``[N, K, C]`` sum
             per chunk.  Results equal the unchunked ones up to summation order.
         lean: (default) run the block as one autograd Function
             (``so2ops.nn.edgewise_lean``) that keeps for the backward only its
             inputs, conv1's output on the ``R`` rows ``|m| <= mmax`` and the
             gate logits (about ``R H + lmax H`` numbers per edge instead of
-            ``K (4 C + 3 H) + 2 NM C + 2 (lmax+1) C``).  Forward and backward
+            ``K (2 C + 3 H) + 2 NM C + 2 (lmax+1) C``).  Forward and backward
             walk the edges in slices of ``LEAN_SLICE``; the backward takes each
             slice end to end (conv2, gate and conv1 backwards), so conv1's
             gradient exists for one slice at a time.  The rotated features, the
@@ -198,9 +198,9 @@ class SO2EdgewiseBlock(nn.Module):
             return s
         return torch.cat((s, h[:, 1:, :] * gates.index_select(1, self._gate_index)), dim=1)
 
-    def edge_messages(self, x: torch.Tensor, wigner: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                      edge_attr: torch.Tensor, envelope: Optional[torch.Tensor]) -> torch.Tensor:
-        """Per-edge messages in the global frame, ``[E, K, C]`` (before the sum over targets)."""
+    def gated_hidden(self, x: torch.Tensor, wigner: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                     edge_attr: torch.Tensor) -> torch.Tensor:
+        """``gate(conv1(...))``: conv2's input in the edge frames, ``[E, K, H]``."""
         lmax, mmax, c, h = self.lmax, self.mmax, self.sphere_channels, self.hidden_channels
         e = wigner.shape[0]
         mod = self.radial(edge_attr).view(e, num_mod(lmax, mmax), 2 * c)
@@ -215,18 +215,28 @@ class SO2EdgewiseBlock(nn.Module):
             x0 = torch.cat((a.index_select(1, self._m0_rows), b.index_select(1, self._m0_rows)), dim=2)
             x0 = x0 * mod[:, : lmax + 1, :]
             gates = torch.sigmoid(self.gate_linear(x0.reshape(e, -1))).view(e, lmax, h)
-        y = self.conv2(self.gate(hid, gates))
+        return self.gate(hid, gates)
+
+    def edge_messages(self, x: torch.Tensor, wigner: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                      edge_attr: torch.Tensor, envelope: Optional[torch.Tensor]) -> torch.Tensor:
+        """Per-edge messages in the global frame, ``[E, K, C]`` (before the sum over targets)."""
+        y = self.conv2(self.gated_hidden(x, wigner, src, dst, edge_attr))
         if envelope is not None:
-            y = y * envelope.reshape(e, 1, 1)
-        return rotate(y, wigner, lmax, inverse=True)
+            y = y * envelope.reshape(wigner.shape[0], 1, 1)
+        return rotate(y, wigner, self.lmax, inverse=True)
 
     def summed_messages(self, x: torch.Tensor, wigner: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                         edge_attr: torch.Tensor, envelope: Optional[torch.Tensor]) -> torch.Tensor:
-        """The messages summed at their targets, ``[N, K, C]`` (lean or plain path, see ``lean``)."""
-        if not self.lean:
-            msg = self.edge_messages(x, wigner, src, dst, edge_attr, envelope)
-            return x.new_zeros(x.shape[0], x.shape[1], self.sphere_channels).index_add_(0, dst, msg)
+        """The messages summed at their targets, ``[N, K, C]`` (lean or plain path, see ``lean``).
+
+        The plain path's consumer (conv2, bias, envelope, rotation back, sum) is one fused
+        ``so2_linear_scatter``: no ``[E, K, C]`` messages."""
         lmax, mmax, h = self.lmax, self.mmax, self.hidden_channels
+        if not self.lean:
+            conv2 = self.conv2
+            return so2_linear_scatter(self.gated_hidden(x, wigner, src, dst, edge_attr), wigner, dst, conv2.weight,
+                                      x.shape[0], lmax, mmax, self.sphere_channels, bias=conv2.bias,
+                                      scale=envelope)
         backend = current_backend()
         # the radial MLP up to its last layer; that layer is applied per input half and edge slice
         # inside the lean Function (the [E, NM, 2C] modulation is never stored for the backward)
@@ -243,7 +253,7 @@ class SO2EdgewiseBlock(nn.Module):
     def _chunk(self, backend, *args):
         # checkpoint recomputes on the autograd thread: keep the forward's backend choice
         with use_backend(backend):
-            return self.summed_messages(*args) if self.lean else self.edge_messages(*args)
+            return self.summed_messages(*args)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, wigner: torch.Tensor, edge_attr: torch.Tensor,
                 envelope: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -261,10 +271,7 @@ class SO2EdgewiseBlock(nn.Module):
             env = None if envelope is None else envelope[sl]
             part = checkpoint(self._chunk, backend, x, wigner[sl], src[sl], dst[sl], edge_attr[sl], env,
                               use_reentrant=False)
-            if self.lean:  # summed at the targets already
-                out.add_(part)
-            else:
-                out.index_add_(0, dst[sl], part)
+            out.add_(part)  # summed at the targets already
         return out
 
     def extra_repr(self) -> str:
