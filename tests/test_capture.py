@@ -129,7 +129,9 @@ def _ops(x, wig, ei, w, mod):
     b = so2ops.so2_linear(a, w, L, M, C, mod)
     back = so2ops.rotate(b, wig, L, inverse=True)
     c = so2ops.so2_message(x, wig, ei, w, L, M, C, mod)
-    return c + torch.zeros_like(c).index_add_(0, ei[1], back)
+    h = so2ops.so2_gather_linear(x, wig, ei[0], w, L, M, C, mod)  # the two ends of a block; num_nodes symbolic
+    d = so2ops.so2_linear_scatter(h, wig, ei[1], w, x.shape[0], L, M, C, mod)
+    return c + d + torch.zeros_like(c).index_add_(0, ei[1], back)
 
 
 @pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
@@ -216,7 +218,8 @@ def test_no_host_sync_per_call(backend):
         a = so2ops.rotate(x, d, L, index=ei[0])
         b = so2ops.so2_linear(a, w, L, M, C, mod)
         c = so2ops.so2_message(x, wig, ei, w, L, M, C, mod)
-        return b, c
+        h = so2ops.so2_gather_linear(x, wig, ei[0], w, L, M, C, mod)
+        return b, c, so2ops.so2_linear_scatter(h, wig, ei[1], w, x.shape[0], L, M, C, mod)
 
     with so2ops.use_backend(backend):
         calls()

@@ -1,7 +1,7 @@
 """``torch.use_deterministic_algorithms(True)`` is honoured by every op on every backend.
 
 Two forward + backward runs are bitwise equal, and the request reaches the
-backend: ``so2_message`` gets ``deterministic=True`` (its segmented, atomic-free
+backend: ``so2_message`` and ``so2_frame_linear`` get ``deterministic=True`` (their segmented, atomic-free
 reduction) even when called with ``deterministic=False``, and the Triton
 ``rotate`` backward with a gather index takes its segmented sum instead of
 atomics.  The other kernels have no atomics whose order matters (docs/conventions.md).
@@ -53,13 +53,19 @@ def _cases(device):
         "rotate_inverse": (lambda xx, ww: so2ops.rotate(xx, ww, L, index=ei[1], inverse=True), [x, wig]),
         "so2_linear": (lambda xx, ww, mm: so2ops.so2_linear(xx, ww, L, M, CO, mm), [local, w, mod]),
         "so2_message": (lambda xx, wg, ww, mm: so2ops.so2_message(xx, wg, ei, ww, L, M, CO, mm), [x, wig, w, mod]),
+        "so2_gather_linear": (lambda xx, wg, ww, mm: so2ops.so2_gather_linear(xx, wg, ei[0], ww, L, M, CO, mm),
+                              [x, wig, w, mod]),
+        "so2_linear_scatter": (lambda xx, wg, ww, mm, s: so2ops.so2_linear_scatter(xx, wg, ei[1], ww, N, L, M, CO, mm,
+                                                                                   scale=s),
+                               [local, wig, w, mod, torch.rand(E, generator=g).to(device)]),
         "so2_tensor_product": (lambda xx, a, c, b: so2ops.so2_tensor_product(xx, a, c, b, L, M, CO),
                                [x, w_in, coeffs, w_out]),
         "assemble_blocks": (lambda f, ww: so2ops.assemble_blocks(f, ww, layout, z, items), [feat, fw]),
     }
 
 
-OPS = ["edge_wigner", "rotate", "rotate_inverse", "so2_linear", "so2_message", "so2_tensor_product", "assemble_blocks"]
+OPS = ["edge_wigner", "rotate", "rotate_inverse", "so2_linear", "so2_message", "so2_gather_linear", "so2_linear_scatter",
+       "so2_tensor_product", "assemble_blocks"]
 
 
 def _run(fn, tensors, seed=0):
@@ -88,16 +94,17 @@ def test_two_runs_are_bitwise_equal(deterministic, backend, device, op):
         assert torch.equal(a, b), f"{op} on {backend}: runs differ by {float((a - b).abs().max())}"
 
 
-def _spy(monkeypatch, op, backend, seen):
+def _spy(monkeypatch, op, backend, seen, fwd_pos=8, bwd_pos=9):
+    """Record the ``deterministic`` argument (positions ``fwd_pos`` / ``bwd_pos``) the backend gets."""
     impl = dispatch._IMPLS[op][backend]
     fwd, bwd = impl.forward, impl.backward
 
     def forward(*args):
-        seen.append(("forward", args[8]))
+        seen.append(("forward", args[fwd_pos]))
         return fwd(*args)
 
     def backward(*args):
-        seen.append(("backward", args[9]))
+        seen.append(("backward", args[bwd_pos]))
         return bwd(*args)
 
     monkeypatch.setattr(impl, "forward", forward)
@@ -114,6 +121,20 @@ def test_so2_message_backend_gets_deterministic(deterministic, backend, device, 
     fn, tensors = _cases(device)["so2_message"]
     with so2ops.use_backend(backend):
         _run(fn, tensors)  # so2_message(..., deterministic=False)
+    assert seen == [("forward", True), ("backward", True)]
+
+
+@pytest.mark.parametrize("op", ["so2_gather_linear", "so2_linear_scatter"])
+@pytest.mark.parametrize("backend,device", _backends())
+def test_so2_frame_linear_backend_gets_deterministic(deterministic, backend, device, op, monkeypatch):
+    if backend != "reference":
+        require(backend, device)
+    dispatch._load_backends()
+    seen = []
+    _spy(monkeypatch, "so2_frame_linear", backend, seen, 12, 13)
+    fn, tensors = _cases(device)[op]
+    with so2ops.use_backend(backend):
+        _run(fn, tensors)  # called with deterministic=False
     assert seen == [("forward", True), ("backward", True)]
 
 
