@@ -13,10 +13,6 @@
 namespace so2ops {
 namespace {
 
-bool want_deterministic(bool deterministic) {
-  return deterministic || at::globalContext().deterministicAlgorithms();
-}
-
 at::Tensor so2_frame_linear_forward_cuda(const at::Tensor& x, const at::Tensor& wigner, const at::Tensor& index,
                                          const at::Tensor& weight, const c10::optional<at::Tensor>& modulation,
                                          const c10::optional<at::Tensor>& bias,
@@ -24,8 +20,9 @@ at::Tensor so2_frame_linear_forward_cuda(const at::Tensor& x, const at::Tensor& 
                                          int64_t out_channels, int64_t num_nodes, bool to_nodes, bool deterministic) {
   driver::check_tile_backend(x, "so2_frame_linear_forward", true);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
+  const bool det = driver::want_deterministic(deterministic);
   return driver::frame_forward<CudaKernels>(x, wigner, index, weight, modulation, bias, scale, lmax, mmax,
-                                            out_channels, num_nodes, to_nodes, want_deterministic(deterministic));
+                                            out_channels, num_nodes, to_nodes, det);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> so2_frame_linear_backward_cuda(
@@ -36,9 +33,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     bool need_bias, bool need_scale) {
   driver::check_tile_backend(x, "so2_frame_linear_backward", true);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
+  const bool det = driver::want_deterministic(deterministic);
   return driver::frame_backward<CudaKernels>(grad, x, wigner, index, weight, modulation, bias, scale, lmax, mmax,
-                                             out_channels, num_nodes, to_nodes, want_deterministic(deterministic),
-                                             need_x, need_wigner, need_weight, need_mod, need_bias, need_scale);
+                                             out_channels, num_nodes, to_nodes, det, need_x, need_wigner, need_weight,
+                                             need_mod, need_bias, need_scale);
 }
 
 }  // namespace

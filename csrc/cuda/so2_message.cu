@@ -16,20 +16,13 @@ namespace so2ops {
 
 namespace {
 
-// torch.use_deterministic_algorithms(True) promises run-to-run identical
-// results: honour it by taking the segmented (sorted, atomic-free) scatter
-// even when the caller did not ask for `deterministic` explicitly.
-bool want_deterministic(bool deterministic) {
-  return deterministic || at::globalContext().deterministicAlgorithms();
-}
-
 at::Tensor so2_message_forward_cuda(const at::Tensor& x, const at::Tensor& wigner, const at::Tensor& edge_index,
                                     const at::Tensor& weight, const c10::optional<at::Tensor>& modulation,
                                     int64_t lmax, int64_t mmax, int64_t out_channels, bool deterministic) {
   driver::check_tile_backend(x, "so2_message_forward", true);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   return driver::message_forward<CudaKernels>(x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels,
-                                              want_deterministic(deterministic));
+                                              driver::want_deterministic(deterministic));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> so2_message_backward_cuda(
@@ -39,8 +32,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> so2_message_backward_
   driver::check_tile_backend(x, "so2_message_backward", true);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   return driver::message_backward<CudaKernels>(grad, x, wigner, edge_index, weight, modulation, lmax, mmax,
-                                               out_channels, want_deterministic(deterministic), need_x, need_wigner,
-                                               need_weight, need_mod);
+                                               out_channels, driver::want_deterministic(deterministic), need_x,
+                                               need_wigner, need_weight, need_mod);
 }
 
 }  // namespace

@@ -32,6 +32,7 @@
 #pragma once
 
 // Fine-grained ATen headers only: this header is compiled by nvcc too.
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/cat.h>
@@ -92,6 +93,13 @@ inline void check_tile_backend(const at::Tensor& x, const char* op, bool cuda) {
     TORCH_CHECK(x.device().is_cpu(), op, ": CPU kernel got a tensor on ", x.device());
     TORCH_CHECK(t == at::kFloat || t == at::kDouble, op, ": the CPU backend supports float32 and float64, got ", t);
   }
+}
+
+/// torch.use_deterministic_algorithms(True) promises run-to-run identical results: honour
+/// it by taking the segmented (sorted, atomic-free) scatter even when the caller did not
+/// ask for `deterministic` explicitly (the CPU backend always is).
+inline bool want_deterministic(bool deterministic) {
+  return deterministic || at::globalContext().deterministicAlgorithms();
 }
 
 /// Metadata checks shared by every entry point (the Python wrappers check the
