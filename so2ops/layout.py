@@ -19,6 +19,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import torch
+
+from ._tensor_cache import tensor_cache
+
 #: Largest degree the compiled kernels and the constant tables support.
 LMAX_SUPPORTED = 8
 
@@ -31,6 +35,13 @@ def num_coeffs(lmax: int) -> int:
 def coeff_index(l: int, m: int) -> int:
     """Row of coefficient ``(l, m)`` in the l-major layout."""
     return l * l + l + m
+
+
+@tensor_cache()
+def m0_index(lmax: int, device: torch.device) -> torch.Tensor:
+    """Rows ``(l, 0)``, ``l = 0..lmax``, as an int64 tensor on ``device``, built once per
+    (lmax, device): no host-to-device copy per call (which would also break CUDA-graph capture)."""
+    return torch.tensor([coeff_index(l, 0) for l in range(lmax + 1)], device=device)
 
 
 def wigner_offset(l: int) -> int:

@@ -313,7 +313,7 @@ def test_caches_first_filled_under_inference_mode(lean):
     and matches training with freshly built caches."""
     from so2ops import block_tables, wigner_tables
 
-    caches = (edgewise_module.m0_index, edgewise_module._kept_index, edgewise_module._half_rows,
+    caches = (so2ops.layout.m0_index, edgewise_module._kept_index, edgewise_module._half_rows,
               block_tables._tables, wigner_tables._cached, wigner_tables._tables_f64)
     gen = torch.Generator().manual_seed(8)
     lmax, c = 2, 3

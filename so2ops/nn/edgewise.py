@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..dispatch import current_backend, use_backend
-from ..layout import coeff_index, num_coeffs, num_mod, weight_size
+from ..layout import coeff_index, m0_index, num_coeffs, num_mod, weight_size
 from ..ops import rotate, so2_linear, so2_linear_scatter
-from .edgewise_lean import lean_block_messages, m0_index
+from .edgewise_lean import lean_block_messages
 from .so2_linear import init_so2_weight
 
 __all__ = ["RadialMLP", "SO2EdgeLinear", "SO2EdgewiseBlock", "m0_rows"]

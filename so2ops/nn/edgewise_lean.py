@@ -37,12 +37,12 @@ from torch.nn import functional as F
 
 from .._tensor_cache import tensor_cache
 from ..dispatch import use_backend
-from ..layout import coeff_index, num_mod
+from ..layout import coeff_index, m0_index, num_mod
 from ..ops import rotate, so2_linear
 
 _ops = torch.ops.so2ops
 
-__all__ = ["LEAN_SLICE", "lean_block_messages", "m0_index"]
+__all__ = ["LEAN_SLICE", "lean_block_messages"]
 
 #: Edges per slice, forward and backward (without ``create_graph``): bounds the
 #: ``[slice, K, *]`` workspace.  Nothing is recomputed for the slicing itself.
@@ -51,13 +51,6 @@ LEAN_SLICE = 1024
 
 def _rows(l: int) -> slice:
     return slice(l * l, (l + 1) * (l + 1))
-
-
-@tensor_cache()
-def m0_index(lmax: int, device: torch.device) -> torch.Tensor:
-    """Rows ``(l, 0)`` as an int64 tensor on ``device``, built once per (lmax, device): no
-    host-to-device copy per call (which would also break CUDA-graph capture)."""
-    return torch.tensor([coeff_index(l, 0) for l in range(lmax + 1)], device=device)
 
 
 @tensor_cache()

@@ -19,17 +19,9 @@ from typing import Callable, Optional
 
 import torch
 
-from .._tensor_cache import tensor_cache
-from ..layout import coeff_index
+from ..layout import m0_index
 from .rotate import rotate
 from .so2_linear import so2_linear
-
-
-@tensor_cache()
-def m0_rows(lmax: int, device: torch.device) -> torch.Tensor:
-    """Rows ``(l, 0)`` of the l-major layout, built once per (lmax, device): no host-to-device
-    copy per call (the triton backend and the double backward call ``compose`` on the GPU)."""
-    return torch.tensor([coeff_index(l, 0) for l in range(lmax + 1)], device=device)
 
 
 def compose(rotate_fn: Callable, linear_fn: Callable, x: torch.Tensor, wigner: torch.Tensor, index: torch.Tensor,
@@ -42,7 +34,7 @@ def compose(rotate_fn: Callable, linear_fn: Callable, x: torch.Tensor, wigner: t
     local = x if to_nodes else rotate_fn(x, wigner, lmax, index, False)
     y = linear_fn(local, weight, modulation, lmax, mmax, out_channels)
     if bias is not None:
-        y = y.index_add(1, m0_rows(lmax, y.device), bias.unsqueeze(0).expand(y.shape[0], -1, -1))
+        y = y.index_add(1, m0_index(lmax, y.device), bias.unsqueeze(0).expand(y.shape[0], -1, -1))
     if scale is not None:
         y = y * scale.view(-1, 1, 1)
     if not to_nodes:
