@@ -228,7 +228,9 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
     # CPU: the fwd and fwdbwd rows of the case side by side (their repetitions spread over common rounds,
     # so a drift of the machine's speed hits every row alike); bwd rows (each holds a retained graph)
     # and every GPU row one at a time
-    together = [i for i, t in enumerate(timed) if dev.type == "cpu" and t[2] != "bwd"]
+    together, one_at_a_time = [], []
+    for i, t in enumerate(timed):
+        (together if dev.type == "cpu" and t[2] != "bwd" else one_at_a_time).append(i)
     results: List = [None] * len(timed)
     fns = []
     for i in together:
@@ -243,9 +245,8 @@ def run_case(entry: Entry, case: Case, impls: List[Impl], opts: Options, mem_job
     for (i, _), res in zip(live, time_cpu_interleaved([f for _, f in live])):
         results[i] = res
     del fns, live
-    for i, (impl, w, mode, r, budget) in enumerate(timed):
-        if i in together:
-            continue
+    for i in one_at_a_time:
+        impl, w, mode, r, budget = timed[i]
         try:
             with w.context():
                 fn = step(w, mode, opts.seed + 1)

@@ -22,6 +22,10 @@ class Budget:
     min_reps: int = 5
     max_reps: int = 100
 
+    def reps(self, first_s: float) -> int:
+        """Repetitions for a function whose first timed call took ``first_s``: enough to fill ``target_s``."""
+        return int(min(self.max_reps, max(self.min_reps, self.target_s / max(first_s, 1e-9))))
+
     @classmethod
     def quick(cls) -> "Budget":
         return cls(warmup=1, target_s=0.04, min_reps=3, max_reps=15)
@@ -47,7 +51,7 @@ def time_cpu(fn: Callable[[], object], budget: Budget) -> Dict[str, float]:
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
-    reps = int(min(budget.max_reps, max(budget.min_reps, budget.target_s / max(first, 1e-9))))
+    reps = budget.reps(first)
     times = [first]
     for _ in range(reps - 1):
         t0 = time.perf_counter()
@@ -85,7 +89,7 @@ def time_cpu_interleaved(
                 for _ in range(b.warmup):
                     fn()
             timed(i)
-            reps[i] = int(min(b.max_reps, max(b.min_reps, b.target_s / max(times[i][0], 1e-9))))
+            reps[i] = b.reps(times[i][0])
         except Exception as exc:  # noqa: BLE001 - reported as the row's error
             results[i] = exc
     rounds = max([reps[i] for i in range(len(calls)) if results[i] is None], default=0)
