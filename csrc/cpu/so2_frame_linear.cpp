@@ -10,8 +10,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <algorithm>
-
+#include "so2ops/op_checks.h"
 #include "so2ops/so2_message_driver.h"
 #include "so2ops/so2_message_kernels.h"
 
@@ -22,10 +21,9 @@ namespace {
 void check_index_range(const at::Tensor& index_in, int64_t n, const char* op) {
   TORCH_CHECK(index_in.scalar_type() == at::kLong && index_in.dim() == 1, op, ": index must be int64 [E]");
   const at::Tensor index = index_in.contiguous();
-  const int64_t* p = index.data_ptr<int64_t>();
-  for (int64_t i = 0; i < index.numel(); ++i) {
-    TORCH_CHECK(p[i] >= 0 && p[i] < n, op, ": index[", i, "] = ", p[i], " is outside [0, ", n, ")");
-  }
+  const int64_t bad = first_outside(index, n);
+  TORCH_CHECK(bad < 0, op, ": index[", bad, "] = ", bad < 0 ? 0 : index.const_data_ptr<int64_t>()[bad],
+              " is outside [0, ", n, ")");
 }
 
 at::Tensor so2_frame_linear_forward_cpu(const at::Tensor& x, const at::Tensor& wigner, const at::Tensor& index,

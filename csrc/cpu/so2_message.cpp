@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "so2ops/op_checks.h"
 #include "so2ops/so2_message_driver.h"
 #include "so2ops/so2_message_kernels.h"
 
@@ -14,17 +15,10 @@ namespace {
 
 /// Every source and target index in [0, n): guards the raw indexing of the kernels.
 void check_edge_range(const at::Tensor& ei, int64_t n) {
-  const int64_t* p = ei.data_ptr<int64_t>();
-  const int64_t len = ei.numel();
-  int64_t bad = -1;
-  for (int64_t i = 0; i < len; ++i) {
-    if (p[i] < 0 || p[i] >= n) {
-      bad = i;
-      break;
-    }
-  }
+  const int64_t bad = first_outside(ei, n);
   TORCH_CHECK(bad < 0, "so2_message: edge_index[", bad / std::max<int64_t>(1, ei.size(1)), ", ",
-              bad % std::max<int64_t>(1, ei.size(1)), "] = ", bad < 0 ? 0 : p[bad], " is outside [0, ", n, ")");
+              bad % std::max<int64_t>(1, ei.size(1)), "] = ", bad < 0 ? 0 : ei.const_data_ptr<int64_t>()[bad],
+              " is outside [0, ", n, ")");
 }
 
 }  // namespace

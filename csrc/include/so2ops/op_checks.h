@@ -14,6 +14,16 @@
 
 namespace so2ops {
 
+/// Position of the first entry of a contiguous int64 CPU `index` outside [0, n), or -1
+/// (the CPU kernels index with these values unchecked).
+inline int64_t first_outside(const at::Tensor& index, int64_t n) {
+  const int64_t* p = index.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < index.numel(); ++i) {
+    if (p[i] < 0 || p[i] >= n) return i;
+  }
+  return -1;
+}
+
 inline void check_lmax(int64_t lmax) {
   TORCH_CHECK(lmax >= 0 && lmax <= kLmaxSupported, "so2ops: lmax=", lmax,
               " must be in [0, ", kLmaxSupported, "]");
