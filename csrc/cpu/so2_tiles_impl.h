@@ -240,13 +240,13 @@ void wigner_grad_cpu(const TileSpec& spec, const T* ga, const T* x, int64_t cin,
         const int nl = 2 * l + 1;
         T* gl = ge + wigner_offset(l);
         for (int i = 0; i < nl; ++i) {
-          const int ms = i - l, m = ms < 0 ? -ms : ms, s = ms < 0 ? 1 : 0;
-          if (m > mmax) {
+          const int64_t off_in = so2::tile_row_offset(n, cin, lmax, mmax, p, l, i);
+          if (off_in < 0) {  // |m| > mmax: the tile holds no such row
             std::fill(gl + i * nl, gl + (i + 1) * nl, T(0));
             continue;
           }
-          const T* gar = ga ? ga + tile_index(n, cin, lmax, m, p, s, l, 0) : nullptr;
-          const T* yr = y ? y + tile_index(n, cout, lmax, m, p, s, l, 0) : nullptr;
+          const T* gar = ga ? ga + off_in : nullptr;
+          const T* yr = y ? y + so2::tile_row_offset(n, cout, lmax, mmax, p, l, i) : nullptr;
           for (int j = 0; j < nl; ++j) {
             // Rotate-in term (a = D x) and rotate-out term (out = D^T y).
             T v = T(0);

@@ -8,9 +8,9 @@
 // between runs); under torch.use_deterministic_algorithms(True) it instead
 // sorts the edges by index and lets the first edge of each run of equal rows
 // sum the run in edge order (no atomics, bitwise reproducible).
-// grad_wigner: one block per edge; the edge's gradient row
-// and gathered x row are staged through shared memory 32 channels at a time,
-// and each thread owns up to 4 packed entries (wigner_size(8) = 969 <= 1024).
+// grad_wigner: the backend's one Wigner-gradient contraction (wigner_grad.cuh,
+// shared with the tile driver): one block per edge, rows staged through shared
+// memory.
 //
 // Index values are validated in Python; a row outside [0, N) is read as zeros
 // here (and receives no gradient) rather than read out of bounds, so no
@@ -33,15 +33,12 @@
 #include "so2ops/op_checks.h"
 #include "so2ops/rotate.h"
 #include "so2ops/segments.h"
+#include "wigner_grad.cuh"
 
 namespace so2ops {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTileC = 32;          // channels per shared-memory tile
-constexpr int kTileLd = kTileC + 1;  // padded: rows land in different banks
-constexpr int kEntriesPerThread = 4;
-static_assert(kEntriesPerThread * kThreads >= kMaxWignerSize, "grad_wigner: entries per thread");
 
 __device__ __forceinline__ int64_t source_row(const int64_t* __restrict__ index, int64_t e) {
   return index ? index[e] : e;
@@ -125,69 +122,6 @@ __global__ void __launch_bounds__(kThreads)
   gx[(row * nc + k) * C + c] = static_cast<scalar_t>(acc);
 }
 
-//: grad_wigner[e, p] for every packed entry p of edge e = blockIdx.x.
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    grad_wigner_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                       const int64_t* __restrict__ index, int64_t N, int64_t C, int lmax, bool inverse,
-                       scalar_t* __restrict__ gw) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int nc = num_coeffs(lmax), wsize = wigner_size(lmax);
-  acc_t* gs = reinterpret_cast<acc_t*>(smem_raw);  // [nc][kTileLd]: grad[e] tile
-  acc_t* xs = gs + nc * kTileLd;                    // [nc][kTileLd]: x[src] tile
-  const int64_t e = blockIdx.x;
-  const int64_t src = source_row(index, e);
-  const bool valid = src >= 0 && src < N;
-
-  // The rows each of this thread's entries pairs up (see wgrad_rows).
-  int g_row[kEntriesPerThread], x_row[kEntriesPerThread];
-  acc_t acc[kEntriesPerThread];
-#pragma unroll
-  for (int s = 0; s < kEntriesPerThread; ++s) {
-    const int p = threadIdx.x + s * kThreads;
-    acc[s] = acc_t(0);
-    g_row[s] = x_row[s] = -1;
-    if (p < wsize) {
-      int l = 0;
-      while (p >= wigner_offset(l + 1)) ++l;
-      const int n = 2 * l + 1, idx = p - wigner_offset(l), m = idx / n;
-      int gr, xr;
-      wgrad_rows(inverse, m, idx - m * n, gr, xr);
-      g_row[s] = l * l + gr;
-      x_row[s] = l * l + xr;
-    }
-  }
-
-  const scalar_t* ge = grad + e * nc * C;
-  const scalar_t* xe = x + (valid ? src : 0) * nc * C;
-  for (int64_t c0 = 0; c0 < C; c0 += kTileC) {
-    __syncthreads();  // the previous tile is consumed
-    for (int i = threadIdx.x; i < nc * kTileC; i += kThreads) {
-      const int r = i / kTileC, cc = i - r * kTileC;
-      const int64_t c = c0 + cc;
-      const bool in = c < C;
-      gs[r * kTileLd + cc] = in ? acc_t(ge[r * C + c]) : acc_t(0);
-      xs[r * kTileLd + cc] = (in && valid) ? acc_t(xe[r * C + c]) : acc_t(0);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int s = 0; s < kEntriesPerThread; ++s) {
-      if (g_row[s] < 0) continue;
-      const acc_t* a = gs + g_row[s] * kTileLd;
-      const acc_t* b = xs + x_row[s] * kTileLd;
-      acc_t sum = acc_t(0);
-#pragma unroll 8
-      for (int cc = 0; cc < kTileC; ++cc) sum += a[cc] * b[cc];
-      acc[s] += sum;
-    }
-  }
-#pragma unroll
-  for (int s = 0; s < kEntriesPerThread; ++s) {
-    const int p = threadIdx.x + s * kThreads;
-    if (p < wsize) gw[e * wsize + p] = static_cast<scalar_t>(acc[s]);
-  }
-}
-
 void check_cuda(const at::Tensor& x) { TORCH_CHECK(x.is_cuda(), "rotate (cuda): expected CUDA tensors"); }
 
 dim3 channel_grid(int64_t E, int64_t C, int lmax) {
@@ -269,10 +203,13 @@ std::tuple<at::Tensor, at::Tensor> rotate_backward_cuda(const at::Tensor& grad, 
     }
     if (need_wigner) {
       TORCH_CHECK(E < (int64_t(1) << 31), "rotate (cuda): too many edges for one launch");
-      const size_t smem = 2 * size_t(nc) * kTileLd * sizeof(acc_t);
-      grad_wigner_kernel<scalar_t, acc_t><<<static_cast<unsigned>(E), kThreads, smem, stream>>>(
-          gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), idx_ptr, N, C, l, inverse,
-          gw.mutable_data_ptr<scalar_t>());
+      using Frame = wgrad::DenseRows<scalar_t>;
+      const wgrad::Term<scalar_t, Frame> term{Frame{gc.const_data_ptr<scalar_t>(), C, l},
+                                              xc.const_data_ptr<scalar_t>(), idx_ptr, N};
+      const wgrad::Term<scalar_t, Frame> off{Frame{nullptr, C, l}, nullptr, nullptr, 0};
+      wgrad::wigner_grad_kernel<scalar_t, acc_t, Frame>
+          <<<static_cast<unsigned>(E), wgrad::kThreads, wgrad::smem_bytes<acc_t>(l), stream>>>(
+              term, off, l, inverse, 0, nullptr, gw.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

@@ -11,7 +11,8 @@
 //   rotate_out_add      one thread per (edge, output row, channel); atomicAdd,
 //                       or (deterministic) the first edge of each destination
 //                       segment sums the whole segment in position order
-//   wigner_grad         one thread per (edge, packed Wigner entry), sums channels
+//   wigner_grad         the backend's one Wigner-gradient contraction (wigner_grad.cuh,
+//                       shared with rotate): one block per edge, shared-memory rows
 // Tiles and accumulators are float for half / bfloat16 inputs (opmath type).
 #pragma once
 
@@ -29,6 +30,7 @@
 #include "so2ops/so2_message_kernels.h"
 #include "so2ops/so2_message_math.h"
 #include "so2ops/segments.h"
+#include "wigner_grad.cuh"
 
 namespace so2ops {
 namespace {
@@ -166,40 +168,6 @@ __global__ void rotate_out_kernel(TileSpec spec, const acc_t* __restrict__ tile,
   }
 }
 
-// grad_wigner[e, (l, i, j)] = sum_c ga[(p,l,i),c] x[src,(l,j),c] + y[(p,l,i),c] g[tgt,(l,j),c] (|m_i| <= mmax).
-template <typename scalar_t, typename acc_t>
-__global__ void wigner_grad_kernel(TileSpec spec, const acc_t* __restrict__ ga, const scalar_t* __restrict__ x,
-                                   int64_t cin, const int64_t* __restrict__ src, const acc_t* __restrict__ y,
-                                   const scalar_t* __restrict__ g, int64_t cout, const int64_t* __restrict__ tgt,
-                                   int64_t n_src, int64_t n_tgt, scalar_t* __restrict__ gw) {
-  const int lmax = spec.lmax, mmax = spec.mmax;
-  const int64_t K = num_coeffs(lmax), P = wigner_size(lmax);
-  SO2_GRID_STRIDE(t, spec.count * P) {
-    const int w = int(t % P);
-    const int64_t p = t / P;
-    const int64_t e = edge_at(spec, p);
-    int l, i, j;
-    so2::decode_wigner(w, l, i, j);
-    const int ms = i - l, m = ms < 0 ? -ms : ms, s = ms < 0 ? 1 : 0;
-    acc_t acc = acc_t(0);
-    if (m <= mmax) {
-      // null ga / y: that side's frame is the identity, no term (so2_frame_linear); null index: row e
-      const int64_t si = src ? src[e] : e, ti = tgt ? tgt[e] : e;
-      if (ga != nullptr && si >= 0 && si < n_src) {
-        const acc_t* a = ga + tile_index(spec.count, cin, lmax, m, p, s, l, 0);
-        const scalar_t* xr = x + (si * K + l * l + j) * cin;
-        for (int64_t c = 0; c < cin; ++c) acc += a[c] * static_cast<acc_t>(xr[c]);
-      }
-      if (y != nullptr && ti >= 0 && ti < n_tgt) {
-        const acc_t* b = y + tile_index(spec.count, cout, lmax, m, p, s, l, 0);
-        const scalar_t* gr = g + (ti * K + l * l + j) * cout;
-        for (int64_t c = 0; c < cout; ++c) acc += b[c] * static_cast<acc_t>(gr[c]);
-      }
-    }
-    gw[e * P + w] = static_cast<scalar_t>(acc);
-  }
-}
-
 template <typename T>
 const T* cptr(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -257,12 +225,21 @@ void CudaKernels::rotate_out_add(const TileSpec& spec, const at::Tensor& tile, c
 
 void CudaKernels::wigner_grad(const TileSpec& spec, const at::Tensor& ga, const at::Tensor& x, const int64_t* src,
                               const at::Tensor& y, const at::Tensor& g, const int64_t* tgt, at::Tensor& grad_wigner) {
-  const int64_t n = spec.count * wigner_size(spec.lmax);
+  if (spec.count == 0) return;
+  TORCH_CHECK(spec.count < (int64_t(1) << 31), "so2 tiles (cuda): too many edges in one tile");
   SO2_DISPATCH(x.scalar_type(), "so2_wigner_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    wigner_grad_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        spec, cptr<acc_t>(ga), x.data_ptr<scalar_t>(), x.size(2), src, cptr<acc_t>(y),
-        g.data_ptr<scalar_t>(), g.size(2), tgt, x.size(0), g.size(0), grad_wigner.data_ptr<scalar_t>());
+    using Frame = wgrad::TileRows<acc_t>;
+    // rotate-in term (a = D x[src]): ga . x[src];  rotate-out term (out = D^T y): y . g[tgt].
+    // A null ga / y: that side's frame is the identity (so2_frame_linear), no term.
+    const wgrad::Term<scalar_t, Frame> t_in{Frame{cptr<acc_t>(ga), x.size(2), spec.count, spec.lmax, spec.mmax},
+                                            ga.defined() ? x.data_ptr<scalar_t>() : nullptr, src, x.size(0)};
+    const wgrad::Term<scalar_t, Frame> t_out{Frame{cptr<acc_t>(y), g.size(2), spec.count, spec.lmax, spec.mmax},
+                                             y.defined() ? g.data_ptr<scalar_t>() : nullptr, tgt, g.size(0)};
+    wgrad::wigner_grad_kernel<scalar_t, acc_t, Frame>
+        <<<static_cast<unsigned>(spec.count), wgrad::kThreads, wgrad::smem_bytes<acc_t>(spec.lmax),
+           c10::cuda::getCurrentCUDAStream()>>>(t_in, t_out, spec.lmax, false, spec.p0, spec.perm,
+                                                 grad_wigner.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

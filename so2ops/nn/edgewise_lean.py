@@ -137,6 +137,7 @@ class _Spec:
         self.gated = w_gate is not None
         self.m0 = m0_index(lmax, x.device)
         self.kept = _kept_index(lmax, mmax, x.device)
+        self.all_kept = mmax >= lmax  # every row can be nonzero: keep hid as is, no row selection
         self.half_rows = _half_rows(self.nm, self.c, x.device)
         # the radial MLP's last layer split per input half (source / target channels)
         self.halves = [(w_last.index_select(0, r), b_last.index_select(0, r)) for r in self.half_rows]
@@ -295,7 +296,10 @@ class _LeanBlock(torch.autograd.Function):
                 ws, ds = wigner[sl], dst[sl]
                 hid, pre_s = _conv1(s, x, ws, feat[sl], w_s, w_t, bias1, w_gate, b_gate, src[sl], ds)
                 if keep:
-                    torch.index_select(hid, 1, s.kept, out=hid_kept[sl])
+                    if s.all_kept:
+                        hid_kept[sl] = hid
+                    else:
+                        torch.index_select(hid, 1, s.kept, out=hid_kept[sl])
                 gates = None
                 if s.gated:
                     if keep:
@@ -331,7 +335,8 @@ class _LeanBlock(torch.autograd.Function):
                 if grad_mode:  # create_graph: recompute from the inputs so the graph reaches them
                     hs, pre_s = _conv1(s, x, ws, fs, w_s, w_t, bias1, w_gate, b_gate, ss, ds)
                 else:
-                    hs = hid_kept.new_zeros(sl.stop - sl.start, s.k, hidden).index_copy_(1, s.kept, hid_kept[sl])
+                    hs = hid_kept[sl] if s.all_kept else hid_kept.new_zeros(sl.stop - sl.start, s.k, hidden).index_copy_(
+                        1, s.kept, hid_kept[sl])
                     pre_s = pre[sl] if s.gated else None
                 gs = torch.sigmoid(pre_s).view(-1, lmax, hidden) if s.gated else None
                 ghid, ggates = _conv2_backward(s, (need_g,) + need2_params + (nwig, nenv), acc, g_out, hs, gs, w2,

@@ -54,6 +54,13 @@ SO2_HD SO2_INLINE int64_t tile_index(int64_t count, int64_t C, int lmax, int m, 
   return count * C * block_coeff_offset(lmax, m) + ((p * num_signs(m) + s) * L + (l - m)) * C + c;
 }
 
+/// Offset (channel 0) of the l-major row (l, i), i in 0..2l, of position p in a tile, or -1 when
+/// the tile does not hold it (|m| > mmax, m = i - l: rows an SO(2) layer leaves zero).
+SO2_HD SO2_INLINE int64_t tile_row_offset(int64_t count, int64_t C, int lmax, int mmax, int64_t p, int l, int i) {
+  const int ms = i - l, m = ms < 0 ? -ms : ms;
+  return m > mmax ? -1 : tile_index(count, C, lmax, m, p, ms < 0 ? 1 : 0, l, 0);
+}
+
 /// Pair q of the m-major list -> (m, l).  q must be < num_mod(lmax, lmax).
 SO2_HD SO2_INLINE void decode_pair(int q, int lmax, int& m, int& l) {
   m = 0;

@@ -1,0 +1,155 @@
+// The one Wigner-gradient contraction of the CUDA backend, shared by `rotate`
+// (rotate.cu) and the tile driver of so2_linear / so2_message /
+// so2_frame_linear (so2_tiles.cuh).
+//
+// For every packed entry (l, a, b) of edge e's Wigner blocks:
+//
+//   grad_wigner[e, (l, a, b)] = sum over terms t of
+//                               sum_c  F_t[(l, r), c] * G_t[row_t(e), (l, r'), c],
+//   (r, r') = wgrad_rows(inverse, a, b)             (so2ops/rotate.h)
+//
+// F_t is the term's edge-frame side (one edge's rows: rotate's output
+// gradient, or a tile's rotate-in gradient / conv output, rows |m| > mmax
+// absent = zero) and G_t the gathered side (x[src] or grad_out[tgt]).
+//
+// One block per edge (blockIdx.x = its position in the tile or edge list):
+// both sides' rows of one degree-agnostic [K, 32-channel] slab are staged
+// through shared memory (padded rows: no bank conflicts), coalesced over
+// channels, and each thread owns up to kEntriesPerThread packed entries
+// (wigner_size(8) = 969 <= 1024), summing its two rows from shared memory.
+// A gathered row outside [0, n_rows) is read as zeros (no device sync needed
+// for safety; index values are validated on the host where checks are on).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <stdint.h>
+
+#include "so2ops/layout.h"
+#include "so2ops/rotate.h"
+#include "so2ops/so2_message_math.h"
+
+namespace so2ops {
+namespace wgrad {
+
+constexpr int kThreads = 256;
+constexpr int kTileC = 32;           // channels per shared-memory slab
+constexpr int kTileLd = kTileC + 1;  // padded: the rows land in different banks
+constexpr int kEntriesPerThread = 4;
+static_assert(kEntriesPerThread * kThreads >= kMaxWignerSize, "wigner_grad: entries per thread");
+
+/// Edge-frame rows in the l-major [edges, K, C] layout (rotate's output gradient).
+template <typename T>
+struct DenseRows {
+  const T* data;
+  int64_t C;
+  int lmax;
+  __device__ __forceinline__ const T* row(int64_t pos, int l, int i) const {
+    return data + (pos * num_coeffs(lmax) + l * l + i) * C;
+  }
+};
+
+/// Edge-frame rows of an m-major tile (so2_message_math.h); rows |m| > mmax are absent (null).
+template <typename T>
+struct TileRows {
+  const T* data;  // null: the term is off
+  int64_t C;
+  int64_t count;
+  int lmax, mmax;
+  __device__ __forceinline__ const T* row(int64_t pos, int l, int i) const {
+    const int64_t off = so2::tile_row_offset(count, C, lmax, mmax, pos, l, i);
+    return off < 0 ? nullptr : data + off;
+  }
+};
+
+/// One term: edge-frame rows F, gathered rows G[index[e]] (G: [n_rows, K, C]).
+template <typename scalar_t, typename Frame>
+struct Term {
+  Frame frame;
+  const scalar_t* gathered;  // null: the term is off
+  const int64_t* index;      // row of G for edge e; null: row e
+  int64_t n_rows;
+};
+
+/// Adds one term's slabs into this thread's entries (see wigner_grad_kernel).
+template <typename scalar_t, typename acc_t, typename Frame>
+__device__ __forceinline__ void add_term(const Term<scalar_t, Frame>& term, int nc, int64_t pos, int64_t e,
+                                         const int (&f_row)[kEntriesPerThread], const int (&g_row)[kEntriesPerThread],
+                                         acc_t* fs, acc_t* gs, acc_t (&acc)[kEntriesPerThread]) {
+  if (term.gathered == nullptr) return;
+  const int64_t C = term.frame.C;
+  const int64_t row = term.index ? term.index[e] : e;
+  const bool valid = row >= 0 && row < term.n_rows;
+  const scalar_t* ge = term.gathered + (valid ? row : 0) * nc * C;
+  for (int64_t c0 = 0; c0 < C; c0 += kTileC) {
+    __syncthreads();  // the previous slab is consumed
+    for (int i = threadIdx.x; i < nc * kTileC; i += kThreads) {
+      const int r = i / kTileC, cc = i - r * kTileC;
+      const int64_t c = c0 + cc;
+      const bool in = c < C;
+      const int l = so2::degree_of_row(r);
+      const auto* fr = in ? term.frame.row(pos, l, r - l * l) : nullptr;
+      fs[r * kTileLd + cc] = fr ? static_cast<acc_t>(fr[c]) : acc_t(0);
+      gs[r * kTileLd + cc] = (in && valid) ? static_cast<acc_t>(ge[r * C + c]) : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < kEntriesPerThread; ++s) {
+      if (f_row[s] < 0) continue;
+      const acc_t* a = fs + f_row[s] * kTileLd;
+      const acc_t* b = gs + g_row[s] * kTileLd;
+      acc_t sum = acc_t(0);
+#pragma unroll 8
+      for (int cc = 0; cc < kTileC; ++cc) sum += a[cc] * b[cc];
+      acc[s] += sum;
+    }
+  }
+}
+
+/// grad_wigner[e] for the edge at position blockIdx.x of [p0, p0 + gridDim.x) in `perm` (null:
+/// identity), summing the terms t0 and t1 (a term is skipped when its `gathered` is null).
+/// Dynamic shared memory: smem_bytes<acc_t>(lmax).
+template <typename scalar_t, typename acc_t, typename Frame>
+__global__ void __launch_bounds__(kThreads)
+    wigner_grad_kernel(const Term<scalar_t, Frame> t0, const Term<scalar_t, Frame> t1, int lmax, bool inverse,
+                       int64_t p0, const int64_t* __restrict__ perm, scalar_t* __restrict__ gw) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int nc = num_coeffs(lmax), wsize = wigner_size(lmax);
+  acc_t* fs = reinterpret_cast<acc_t*>(smem_raw);  // [nc][kTileLd]: edge-frame rows
+  acc_t* gs = fs + nc * kTileLd;                    // [nc][kTileLd]: gathered rows
+  const int64_t pos = blockIdx.x;
+  const int64_t e = perm ? perm[p0 + pos] : p0 + pos;
+
+  // The two rows (l-major indices) each of this thread's entries pairs up.
+  int f_row[kEntriesPerThread], g_row[kEntriesPerThread];
+  acc_t acc[kEntriesPerThread];
+#pragma unroll
+  for (int s = 0; s < kEntriesPerThread; ++s) {
+    const int w = threadIdx.x + s * kThreads;
+    acc[s] = acc_t(0);
+    f_row[s] = g_row[s] = -1;
+    if (w < wsize) {
+      int l, a, b, fr, gr;
+      so2::decode_wigner(w, l, a, b);
+      wgrad_rows(inverse, a, b, fr, gr);
+      f_row[s] = l * l + fr;
+      g_row[s] = l * l + gr;
+    }
+  }
+  add_term<scalar_t, acc_t, Frame>(t0, nc, pos, e, f_row, g_row, fs, gs, acc);
+  add_term<scalar_t, acc_t, Frame>(t1, nc, pos, e, f_row, g_row, fs, gs, acc);
+#pragma unroll
+  for (int s = 0; s < kEntriesPerThread; ++s) {
+    const int w = threadIdx.x + s * kThreads;
+    if (w < wsize) gw[e * wsize + w] = static_cast<scalar_t>(acc[s]);
+  }
+}
+
+/// Dynamic shared memory of one block of wigner_grad_kernel.
+template <typename acc_t>
+inline size_t smem_bytes(int lmax) {
+  return 2 * size_t(num_coeffs(lmax)) * kTileLd * sizeof(acc_t);
+}
+
+}  // namespace wgrad
+}  // namespace so2ops
