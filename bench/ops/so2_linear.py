@@ -2,7 +2,9 @@
 
 Timed against the ``reference`` backend and the eSCN-style per-m
 ``nn.Linear`` code (``escn_dense``).  Gradients w.r.t. ``x``, ``weight`` and
-``modulation``.
+``modulation``.  The ``gemm_floor`` row times the layer's GEMMs alone over the
+whole edge set (bench/gemm_floor.py): a backend's time over it is how far the
+tile loop is from its own matrix products.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 import so2ops
 from so2ops.layout import num_coeffs, num_mod, weight_size
 
+from .. import gemm_floor
 from .. import inputs as inp
 from ..baselines import escn_dense
 from ..counts import Count, combine, so2_macs
@@ -71,6 +74,7 @@ class SO2Linear(Entry):
         impls = backend_impls("so2_linear", device, bind)
         impls.append(Impl("escn_dense", "baseline", _escn_build, is_baseline=True,
                           note="eSCN style: m-major gather + per-m nn.Linear"))
+        impls.append(gemm_floor.impl(_floor_gemms, "the layer's GEMMs"))
         return impls
 
     def count(self, shape, mode, itemsize):
@@ -79,6 +83,11 @@ class SO2Linear(Entry):
 
     def mem_estimate(self, shape, itemsize):
         return itemsize * 10 * shape["E"] * num_coeffs(shape["lmax"]) * shape["C"]
+
+
+def _floor_gemms(shape):
+    # the modulation's gradient is elementwise: the floor's GEMMs are the layer's own (x and weight gradients)
+    return gemm_floor.so2_gemms(shape["lmax"], shape["mmax"], shape["C"], shape["C"])
 
 
 def _escn_build(inputs, shape):
