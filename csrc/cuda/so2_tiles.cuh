@@ -54,6 +54,37 @@ __device__ __forceinline__ int64_t edge_at(const TileSpec& spec, int64_t p) {
 #define SO2_GRID_STRIDE(i, n)                                                                    \
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
 
+// One site (p, (m, l) = pair q, c) of the rotate-in grid, t = (p * nmod + q) * C + c, and the
+// feature row it reads (x[idx[e]]; out-of-range rows read as zeros).
+struct InSite {
+  int64_t p, e, c;
+  int q, m, l;
+  bool valid;
+};
+
+__device__ __forceinline__ InSite in_site(const TileSpec& spec, int64_t t, int64_t C, int nmod,
+                                          const int64_t* __restrict__ idx, int64_t n_rows, int64_t& row) {
+  InSite x;
+  x.c = t % C;
+  x.q = int((t / C) % nmod);
+  x.p = t / (C * nmod);
+  decode_pair(x.q, spec.lmax, x.m, x.l);
+  x.e = edge_at(spec, x.p);
+  row = idx ? idx[x.e] : x.e;
+  x.valid = row >= 0 && row < n_rows;
+  return x;
+}
+
+// (D_e^l x_l)[i, c] for the l-block x_l (channel c, row stride C); the identity when wig is null.
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t rotated_row(const scalar_t* __restrict__ wig, int64_t e, int lmax, int l, int i,
+                                             const scalar_t* xl, int64_t C, bool valid) {
+  if (!valid) return acc_t(0);
+  if (wig == nullptr) return static_cast<acc_t>(xl[i * C]);
+  const int n = 2 * l + 1;
+  return row_dot<acc_t>(wig + e * wigner_size(lmax) + wigner_offset(l) + i * n, xl, n, C);
+}
+
 // tile[(p, m, s, l, c)] = mod[e, (m, l), c] * sum_j D_e^l[l + s m, j] feat[idx[e], (l, j), c]
 template <typename scalar_t, typename acc_t>
 __global__ void rotate_in_kernel(TileSpec spec, const scalar_t* __restrict__ feat, int64_t n_rows, int64_t C,
@@ -61,24 +92,15 @@ __global__ void rotate_in_kernel(TileSpec spec, const scalar_t* __restrict__ fea
                                  const scalar_t* __restrict__ mod, acc_t* __restrict__ tile) {
   const int lmax = spec.lmax;
   const int nmod = so2::num_mod(lmax, spec.mmax);
-  const int64_t K = num_coeffs(lmax), P = wigner_size(lmax);
+  const int64_t K = num_coeffs(lmax);
   SO2_GRID_STRIDE(t, spec.count * nmod * C) {
-    const int64_t c = t % C;
-    const int q = int((t / C) % nmod);
-    const int64_t p = t / (C * nmod);
-    int m, l;
-    decode_pair(q, lmax, m, l);
-    const int64_t e = edge_at(spec, p);
-    const int64_t row = idx ? idx[e] : e;
-    const bool valid = row >= 0 && row < n_rows;  // out-of-range rows read as zeros
-    const scalar_t* xl = feat + (row * K + l * l) * C + c;
-    const acc_t md = mod ? static_cast<acc_t>(mod[(e * nmod + q) * C + c]) : acc_t(1);
-    const int n = 2 * l + 1;
-    for (int s = 0; s < num_signs(m); ++s) {
-      const int i = l + (s ? -m : m);
-      acc_t v = acc_t(0);
-      if (valid) v = wig ? row_dot<acc_t>(wig + e * P + wigner_offset(l) + i * n, xl, n, C) : static_cast<acc_t>(xl[i * C]);
-      tile[tile_index(spec.count, C, lmax, m, p, s, l, c)] = v * md;
+    int64_t row;
+    const InSite x = in_site(spec, t, C, nmod, idx, n_rows, row);
+    const scalar_t* xl = feat + (row * K + x.l * x.l) * C + x.c;
+    const acc_t md = mod ? static_cast<acc_t>(mod[(x.e * nmod + x.q) * C + x.c]) : acc_t(1);
+    for (int s = 0; s < num_signs(x.m); ++s) {
+      const acc_t v = rotated_row<acc_t>(wig, x.e, lmax, x.l, x.l + (s ? -x.m : x.m), xl, C, x.valid);
+      tile[tile_index(spec.count, C, lmax, x.m, x.p, s, x.l, x.c)] = v * md;
     }
   }
 }
@@ -91,34 +113,25 @@ __global__ void rotate_in_backward_kernel(TileSpec spec, const scalar_t* __restr
                                           acc_t* __restrict__ ga_tile, scalar_t* __restrict__ grad_mod) {
   const int lmax = spec.lmax;
   const int nmod = so2::num_mod(lmax, spec.mmax);
-  const int64_t K = num_coeffs(lmax), P = wigner_size(lmax);
+  const int64_t K = num_coeffs(lmax);
   const bool need_a = a_tile != nullptr || grad_mod != nullptr;
   SO2_GRID_STRIDE(t, spec.count * nmod * C) {
-    const int64_t c = t % C;
-    const int q = int((t / C) % nmod);
-    const int64_t p = t / (C * nmod);
-    int m, l;
-    decode_pair(q, lmax, m, l);
-    const int64_t e = edge_at(spec, p);
-    const int64_t row = idx ? idx[e] : e;
-    const bool valid = row >= 0 && row < n_rows;
-    const scalar_t* xl = x + (row * K + l * l) * C + c;
-    const acc_t md = static_cast<acc_t>(mod[(e * nmod + q) * C + c]);
-    const int n = 2 * l + 1;
+    int64_t row;
+    const InSite st = in_site(spec, t, C, nmod, idx, n_rows, row);
+    const scalar_t* xl = x + (row * K + st.l * st.l) * C + st.c;
+    const acc_t md = static_cast<acc_t>(mod[(st.e * nmod + st.q) * C + st.c]);
     acc_t gm = acc_t(0);
-    for (int s = 0; s < num_signs(m); ++s) {
-      const int64_t ti = tile_index(spec.count, C, lmax, m, p, s, l, c);
+    for (int s = 0; s < num_signs(st.m); ++s) {
+      const int64_t ti = tile_index(spec.count, C, lmax, st.m, st.p, s, st.l, st.c);
       const acc_t ga = ga_tile[ti];
       if (need_a) {
-        const int i = l + (s ? -m : m);
-        acc_t a = acc_t(0);
-        if (valid) a = wig ? row_dot<acc_t>(wig + e * P + wigner_offset(l) + i * n, xl, n, C) : static_cast<acc_t>(xl[i * C]);
+        const acc_t a = rotated_row<acc_t>(wig, st.e, lmax, st.l, st.l + (s ? -st.m : st.m), xl, C, st.valid);
         gm += a * ga;
         if (a_tile) a_tile[ti] = a * md;
       }
       ga_tile[ti] = ga * md;
     }
-    if (grad_mod) grad_mod[(e * nmod + q) * C + c] = static_cast<scalar_t>(gm);
+    if (grad_mod) grad_mod[(st.e * nmod + st.q) * C + st.c] = static_cast<scalar_t>(gm);
   }
 }
 
