@@ -201,7 +201,7 @@ def _lean_pair(lmax, mmax, c, h, dtype, seed, chunk=None):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("lmax,mmax,chunk,lean_slice", [(3, 2, None, None), (2, 2, None, None), (4, 1, None, None),
                                                         (0, 0, None, None), (3, 2, 5, None), (3, 2, None, 6),
-                                                        (0, 0, None, 6), (4, 2, 11, 4)])
+                                                        (0, 0, None, 6), (4, 2, 11, 4), (2, 2, None, 5)])
 def test_lean_equals_plain(lmax, mmax, chunk, lean_slice, dtype, monkeypatch):
     """lean (default) == lean=False: output and every gradient (x, edge_attr, pos via the Wigner blocks,
     envelope, every parameter); ``lean_slice``: the lean Functions work through the edges in slices."""

@@ -17,8 +17,9 @@
 // through shared memory (padded rows: no bank conflicts), coalesced over
 // channels, and each thread owns up to kEntriesPerThread packed entries
 // (wigner_size(8) = 969 <= 1024), summing its two rows from shared memory.
-// A gathered row outside [0, n_rows) is read as zeros (no device sync needed
-// for safety; index values are validated on the host where checks are on).
+// A gathered row outside [0, n_rows) adds nothing to the edge's gradient (no
+// device sync needed for safety; index values are validated on the host where
+// checks are on); entries of rows the frame side lacks (|m| > mmax) are exactly 0.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -47,6 +48,7 @@ struct DenseRows {
   __device__ __forceinline__ const T* row(int64_t pos, int l, int i) const {
     return data + (pos * num_coeffs(lmax) + l * l + i) * C;
   }
+  __device__ __forceinline__ bool holds(int, int) const { return true; }
 };
 
 /// Edge-frame rows of an m-major tile (so2_message_math.h); rows |m| > mmax are absent (null).
@@ -60,6 +62,8 @@ struct TileRows {
     const int64_t off = so2::tile_row_offset(count, C, lmax, mmax, pos, l, i);
     return off < 0 ? nullptr : data + off;
   }
+  /// Whether the tile has row (l, i) at all (|m| <= mmax); entries of the other rows are exactly 0.
+  __device__ __forceinline__ bool holds(int l, int i) const { return (i > l ? i - l : l - i) <= mmax; }
 };
 
 /// One term: edge-frame rows F, gathered rows G[index[e]] (G: [n_rows, K, C]).
@@ -77,10 +81,12 @@ __device__ __forceinline__ void add_term(const Term<scalar_t, Frame>& term, int 
                                          const int (&f_row)[kEntriesPerThread], const int (&g_row)[kEntriesPerThread],
                                          acc_t* fs, acc_t* gs, acc_t (&acc)[kEntriesPerThread]) {
   if (term.gathered == nullptr) return;
-  const int64_t C = term.frame.C;
   const int64_t row = term.index ? term.index[e] : e;
-  const bool valid = row >= 0 && row < term.n_rows;
-  const scalar_t* ge = term.gathered + (valid ? row : 0) * nc * C;
+  // An out-of-range gathered row adds nothing (not 0 * frame: a non-finite frame entry would give NaN).
+  // Uniform over the block (one edge per block), so no thread misses a __syncthreads.
+  if (row < 0 || row >= term.n_rows) return;
+  const int64_t C = term.frame.C;
+  const scalar_t* ge = term.gathered + row * nc * C;
   for (int64_t c0 = 0; c0 < C; c0 += kTileC) {
     __syncthreads();  // the previous slab is consumed
     for (int i = threadIdx.x; i < nc * kTileC; i += kThreads) {
@@ -90,7 +96,7 @@ __device__ __forceinline__ void add_term(const Term<scalar_t, Frame>& term, int 
       const int l = so2::degree_of_row(r);
       const auto* fr = in ? term.frame.row(pos, l, r - l * l) : nullptr;
       fs[r * kTileLd + cc] = fr ? static_cast<acc_t>(fr[c]) : acc_t(0);
-      gs[r * kTileLd + cc] = (in && valid) ? static_cast<acc_t>(ge[r * C + c]) : acc_t(0);
+      gs[r * kTileLd + cc] = in ? static_cast<acc_t>(ge[r * C + c]) : acc_t(0);
     }
     __syncthreads();
 #pragma unroll
@@ -132,8 +138,12 @@ __global__ void __launch_bounds__(kThreads)
       int l, a, b, fr, gr;
       so2::decode_wigner(w, l, a, b);
       wgrad_rows(inverse, a, b, fr, gr);
-      f_row[s] = l * l + fr;
-      g_row[s] = l * l + gr;
+      // A row the frame side does not hold (tile rows |m| > mmax) leaves the entry exactly 0: it is
+      // not summed as 0 * gathered (a non-finite gathered entry would give NaN).  Both terms share it.
+      if (t0.frame.holds(l, fr)) {
+        f_row[s] = l * l + fr;
+        g_row[s] = l * l + gr;
+      }
     }
   }
   add_term<scalar_t, acc_t, Frame>(t0, nc, pos, e, f_row, g_row, fs, gs, acc);
