@@ -37,7 +37,8 @@ _MSG_FWD_TYPES = ("*fp32", "*fp32", "*i64", "*i64", "*i64", "*i64", "*fp32", "*i
                   "i64", "i64", "i64", "i64", "i64")
 
 
-def lower(kernel, types: Sequence[str], constexprs: Dict[str, object], num_warps: int = 4, arch: int = 90):
+def lower(kernel, types: Sequence[str], constexprs: Dict[str, object], num_warps: int = 4, arch: int = 90,
+          num_stages: Optional[int] = None):
     """``triton.compile`` of ``kernel`` for ``cuda:sm_<arch>``: the compiled kernel (``.asm["ptx"]``).
     Needs real ``@triton.jit`` kernels: run in a process without ``TRITON_INTERPRET=1``."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -49,7 +50,8 @@ def lower(kernel, types: Sequence[str], constexprs: Dict[str, object], num_warps
     if missing:
         raise ValueError(f"lower: constexprs missing for {missing}")
     src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(n),): v for n, v in constexprs.items()})
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
+    options = dict(num_warps=num_warps) if num_stages is None else dict(num_warps=num_warps, num_stages=num_stages)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def ptxas_stats(ptx: str, arch: int = 90) -> Dict[str, int]:
@@ -72,13 +74,13 @@ def ptxas_stats(ptx: str, arch: int = 90) -> Dict[str, int]:
 
 
 def so2_message_fwd(lmax: int, mmax: int, channels: int, block: Optional[Sequence[int]] = None, num_warps: int = 4,
-                    segmented: bool = False, arch: int = 90):
+                    segmented: bool = False, arch: int = 90, num_stages: Optional[int] = None):
     """Lower ``so2_message``'s forward kernel (float32, modulated, ``channels`` in and out) for the GPU;
     ``block = (BLOCK_E, BLOCK_CO, BLOCK_CI)``, default: what its GPU launch picks."""
     be, bco, bci = block or tmsg._fwd_tiles(torch.device("cuda"), lmax, channels, channels)
     consts = dict(LMAX=lmax, MMAX=mmax, MOD=True, SEGMENTED=segmented, ACC=tl.float32, BLOCK_E=be, BLOCK_CO=bco,
                   BLOCK_CI=bci, BLOCK_T=16)
-    return lower(tmsg._so2_message_fwd_kernel, _MSG_FWD_TYPES, consts, num_warps, arch), (be, bco, bci)
+    return lower(tmsg._so2_message_fwd_kernel, _MSG_FWD_TYPES, consts, num_warps, arch, num_stages), (be, bco, bci)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -88,16 +90,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--block", type=int, nargs=3, metavar=("E", "CO", "CI"), help="default: the GPU launch's")
     p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--stages", type=int, help="software-pipelining stages (default: Triton's)")
     p.add_argument("--segmented", action="store_true", help="the deterministic (segmented) variant")
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--ptxas", action="store_true", help="assemble and report registers / spills (slow)")
     p.add_argument("--ptx-out", metavar="PATH", help="also write the PTX there")
     a = p.parse_args(argv)
-    k, block = so2_message_fwd(a.lmax, a.mmax, a.channels, a.block, a.warps, a.segmented, a.arch)
+    k, block = so2_message_fwd(a.lmax, a.mmax, a.channels, a.block, a.warps, a.segmented, a.arch, a.stages)
     if a.ptx_out:
         with open(a.ptx_out, "w") as f:
             f.write(k.asm["ptx"])
     line = (f"so2_message fwd lmax={a.lmax} mmax={a.mmax} C={a.channels} block(E,CO,CI)={block} warps={a.warps} "
+            f"stages={a.stages or 'default'} "
             f"segmented={a.segmented} sm_{a.arch}: PTX {len(k.asm['ptx'])} chars, shared {k.metadata.shared} B")
     if a.ptxas:
         s = ptxas_stats(k.asm["ptx"], a.arch)

@@ -4,10 +4,10 @@ Forward, one fused kernel (``_so2_message_fwd_kernel``); a program owns a tile
 of edges x output channels and, one output degree ``l`` at a time:
 
 1. for every order ``|m| <= min(l, mmax)`` and input degree ``l' >= m``
-   gathers ``x[src]`` rows of degree ``l'`` (``[BLOCK_E, 2l'+1, BLOCK_CI]``),
-   rotates them into the edge frame, keeping only the two rows ``+-m``
-   (``D_{l'}[+-m, :] x``), applies the modulation, and multiplies by the
-   ``(l, l')`` tile of ``W1_m``/``W2_m`` with ``tl.dot``;
+   gathers ``x[src]`` rows of degree ``l'`` one row ``j`` at a time
+   (``[BLOCK_E, BLOCK_CI]``) and rotates them into the edge frame, keeping only
+   the two rows ``+-m`` (``sum_j D_{l'}[+-m, j] x_j``), applies the modulation,
+   and multiplies by the ``(l, l')`` tile of ``W1_m``/``W2_m`` with ``tl.dot``;
 2. rotates the ``2*min(l,mmax)+1`` frame rows of degree ``l`` back
    (``out[l, a] += D_l[m, a] y[l, m]``) into a ``[BLOCK_E, 2l+1, BLOCK_CO]`` tile;
 3. atomically adds the tile into ``out[tgt]`` (float32/float64 buffer), or,
@@ -19,6 +19,8 @@ of edges x output channels and, one output degree ``l`` at a time:
 
 No ``[E, (lmax+1)**2, C]`` tensor exists in the forward; the price is that the
 frame-rotated inputs are recomputed per output degree (cheap next to the GEMM).
+On sm_90 this kernel still spills registers at every tile size tried
+(``python -m bench.triton_aot --ptxas``); the cuda backend is the default on GPUs.
 
 Backward (``so2_message_backward``): recomputes the per-edge tensors with the
 ``rotate`` and ``so2_linear`` Triton kernels (gradient of ``out = sum_e D^T
@@ -36,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ..dispatch import register_impl
-from ..layout import num_coeffs, num_mod, wigner_size
+from ..layout import num_mod
 from .rotate import acc_dtype, rotate_apply, rotate_grad_wigner, tl_acc
 from .so2_linear import block_offsets, so2_apply, so2_grad_weight
 
@@ -90,24 +92,25 @@ def _degree_message(
         y_n = tl.zeros((BLOCK_E, BLOCK_CO), ACC)
         for lp in tl.static_range(m, LMAX + 1):
             NJ = 2 * lp + 1
-            j = tl.arange(0, _pow2(2 * lp + 1)).to(tl.int64)
-            mj = j < NJ
-            m_ej = me[:, None] & mj[None, :]
-            # rows +-m of D_{l'}: the only frame coefficients this order needs
-            d_p = tl.load(wig_ptr + wig_row + (_woff(lp) + (lp + m) * NJ + j)[None, :], mask=m_ej, other=0.0).to(ACC)
-            if m > 0:
-                d_n = tl.load(wig_ptr + wig_row + (_woff(lp) + (lp - m) * NJ + j)[None, :], mask=m_ej, other=0.0).to(ACC)
+            # rows +-m of D_{l'} (the only frame coefficients this order needs), one column j at a
+            # time: 2-D [BLOCK_E, BLOCK_CI] terms only.  The earlier [BLOCK_E, 2l'+1, BLOCK_CI] gather
+            # and product summed over j spilled more on sm_90 (`python -m bench.triton_aot --ptxas`,
+            # lmax 4 / C 128: 44 kB of spill stores per thread, now 33 kB; the kernel still spills).
+            d_row_p = wig_ptr + e64 * P + _woff(lp) + (lp + m) * NJ
+            d_row_n = wig_ptr + e64 * P + _woff(lp) + (lp - m) * NJ
             wrow = ((L - m) * CO + co)[None, :] * (LM * CI)  # W[(l-m)*CO + co, (l'-m)*CI + ci]
             for ci0 in range(0, CI, BLOCK_CI):
                 ci = ci0 + tl.arange(0, BLOCK_CI).to(tl.int64)
                 mci = ci < CI
-                xv = tl.load(
-                    x_ptr + src[:, None, None] * (K * CI) + ((lp * lp + j) * CI)[None, :, None] + ci[None, None, :],
-                    mask=m_ej[:, :, None] & mci[None, None, :], other=0.0,
-                ).to(ACC)
-                a_p = tl.sum(d_p[:, :, None] * xv, axis=1)  # [BLOCK_E, BLOCK_CI]
-                if m > 0:
-                    a_n = tl.sum(d_n[:, :, None] * xv, axis=1)
+                m_eci = me[:, None] & mci[None, :]
+                x_row = x_ptr + src[:, None] * (K * CI) + ci[None, :]
+                a_p = tl.zeros((BLOCK_E, BLOCK_CI), ACC)
+                a_n = tl.zeros((BLOCK_E, BLOCK_CI), ACC)
+                for j in tl.static_range(2 * lp + 1):
+                    xj = tl.load(x_row + (lp * lp + j) * CI, mask=m_eci, other=0.0).to(ACC)
+                    a_p += tl.load(d_row_p + j, mask=me, other=0.0).to(ACC)[:, None] * xj
+                    if m > 0:
+                        a_n += tl.load(d_row_n + j, mask=me, other=0.0).to(ACC)[:, None] * xj
                 if MOD:
                     s = tl.load(
                         mod_ptr + e64[:, None] * (NM * CI) + ((moff + lp - m) * CI + ci)[None, :],
