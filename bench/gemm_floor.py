@@ -87,8 +87,10 @@ def workload(gemms: Sequence[Gemm], e: int, dtype: torch.dtype, device: torch.de
     return Workload(forward=forward, grad_inputs=[dummy])
 
 
-def impl(gemms_of: Callable[[Dict], List[Gemm]], what: str) -> Impl:
-    """The ``gemm_floor`` row of an entry: ``gemms_of(shape)`` lists its GEMMs, ``what`` names them."""
+def impl(gemms_of: Callable[[Dict], List[Gemm]], what: str,
+         reading: str = "fairchem_general / gemm_floor estimates the best speedup at this FLOP count") -> Impl:
+    """The ``gemm_floor`` row of an entry: ``gemms_of(shape)`` lists its GEMMs, ``what`` names them,
+    ``reading`` says what its time is compared with in that entry."""
 
     def build(inputs, shape):
         return workload(gemms_of(shape), shape["E"], inputs["x"].dtype, inputs["x"].device)
@@ -96,7 +98,7 @@ def impl(gemms_of: Callable[[Dict], List[Gemm]], what: str) -> Impl:
     return Impl("gemm_floor", "baseline", build, same_math=False, memory=False,
                 count=lambda shape, mode, isz: count(gemms_of(shape), shape["E"], mode, isz),
                 note=f"estimated ceiling, not an implementation: only {what} (3M form, whole edge set, nothing "
-                     "recomputed); fairchem_general / gemm_floor estimates the best speedup at this FLOP count")
+                     f"recomputed); {reading}")
 
 
 def ceiling_target(entry: str, row: dict, goal: float) -> dict:

@@ -3,9 +3,10 @@
 CI runs the Triton backend under ``TRITON_INTERPRET=1``, which never compiles a
 kernel: a construct only the interpreter accepts (e.g. a ``tl.constexpr``
 re-bound inside an unrolled loop) would fail only on a GPU machine.  Here
-``python -m bench.triton_aot`` lowers ``so2_message``'s fused forward kernel at
-the tile sizes its GPU launch picks, in a process without ``TRITON_INTERPRET``.
-(Registers and spills: ``--ptxas``, too slow for CI.)
+``python -m bench.triton_aot`` compiles ``so2_message``'s fused forward kernel
+for sm_90 down to the cubin (PTX, then Triton's ptxas) at the tile sizes its GPU
+launch picks, in a process without ``TRITON_INTERPRET``, and reports ptxas'
+register count.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def test_so2_message_fwd_lowers_for_sm90(tmp_path, lmax, mmax, segmented):
     atomics = re.findall(r"^\s*(?:@!?%p\d+\s+)?(?:atom|red)\.global", ptx, flags=re.M)
     assert bool(atomics) == (not segmented)
     assert f"block(E,CO,CI)={_fwd_tiles(torch.device('cuda'), lmax, 64, 64)}" in out
+    regs = int(re.search(r"(\d+) registers", out).group(1))  # ptxas -v of the real cubin build was read
+    assert 0 < regs <= 255
 
 
 def test_lower_refuses_interpreted_kernels(monkeypatch):

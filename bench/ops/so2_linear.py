@@ -74,7 +74,8 @@ class SO2Linear(Entry):
         impls = backend_impls("so2_linear", device, bind)
         impls.append(Impl("escn_dense", "baseline", _escn_build, is_baseline=True,
                           note="eSCN style: m-major gather + per-m nn.Linear"))
-        impls.append(gemm_floor.impl(_floor_gemms, "the layer's GEMMs"))
+        impls.append(gemm_floor.impl(_floor_gemms, "the layer's GEMMs",
+                                     "a backend's time / gemm_floor is how far its tile loop is from its GEMMs"))
         return impls
 
     def count(self, shape, mode, itemsize):
