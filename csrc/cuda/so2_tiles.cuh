@@ -57,22 +57,22 @@ __device__ __forceinline__ int64_t edge_at(const TileSpec& spec, int64_t p) {
 // One site (p, (m, l) = pair q, c) of the rotate-in grid, t = (p * nmod + q) * C + c, and the
 // feature row it reads (x[idx[e]]; out-of-range rows read as zeros).
 struct InSite {
-  int64_t p, e, c;
+  int64_t p, e, c, row;
   int q, m, l;
   bool valid;
 };
 
 __device__ __forceinline__ InSite in_site(const TileSpec& spec, int64_t t, int64_t C, int nmod,
-                                          const int64_t* __restrict__ idx, int64_t n_rows, int64_t& row) {
-  InSite x;
-  x.c = t % C;
-  x.q = int((t / C) % nmod);
-  x.p = t / (C * nmod);
-  decode_pair(x.q, spec.lmax, x.m, x.l);
-  x.e = edge_at(spec, x.p);
-  row = idx ? idx[x.e] : x.e;
-  x.valid = row >= 0 && row < n_rows;
-  return x;
+                                          const int64_t* __restrict__ idx, int64_t n_rows) {
+  InSite st;
+  st.c = t % C;
+  st.q = int((t / C) % nmod);
+  st.p = t / (C * nmod);
+  decode_pair(st.q, spec.lmax, st.m, st.l);
+  st.e = edge_at(spec, st.p);
+  st.row = idx ? idx[st.e] : st.e;
+  st.valid = st.row >= 0 && st.row < n_rows;
+  return st;
 }
 
 // (D_e^l x_l)[i, c] for the l-block x_l (channel c, row stride C); the identity when wig is null.
@@ -94,13 +94,12 @@ __global__ void rotate_in_kernel(TileSpec spec, const scalar_t* __restrict__ fea
   const int nmod = so2::num_mod(lmax, spec.mmax);
   const int64_t K = num_coeffs(lmax);
   SO2_GRID_STRIDE(t, spec.count * nmod * C) {
-    int64_t row;
-    const InSite x = in_site(spec, t, C, nmod, idx, n_rows, row);
-    const scalar_t* xl = feat + (row * K + x.l * x.l) * C + x.c;
-    const acc_t md = mod ? static_cast<acc_t>(mod[(x.e * nmod + x.q) * C + x.c]) : acc_t(1);
-    for (int s = 0; s < num_signs(x.m); ++s) {
-      const acc_t v = rotated_row<acc_t>(wig, x.e, lmax, x.l, x.l + (s ? -x.m : x.m), xl, C, x.valid);
-      tile[tile_index(spec.count, C, lmax, x.m, x.p, s, x.l, x.c)] = v * md;
+    const InSite st = in_site(spec, t, C, nmod, idx, n_rows);
+    const scalar_t* xl = feat + (st.row * K + st.l * st.l) * C + st.c;
+    const acc_t md = mod ? static_cast<acc_t>(mod[(st.e * nmod + st.q) * C + st.c]) : acc_t(1);
+    for (int s = 0; s < num_signs(st.m); ++s) {
+      const acc_t v = rotated_row<acc_t>(wig, st.e, lmax, st.l, st.l + (s ? -st.m : st.m), xl, C, st.valid);
+      tile[tile_index(spec.count, C, lmax, st.m, st.p, s, st.l, st.c)] = v * md;
     }
   }
 }
@@ -116,9 +115,8 @@ __global__ void rotate_in_backward_kernel(TileSpec spec, const scalar_t* __restr
   const int64_t K = num_coeffs(lmax);
   const bool need_a = a_tile != nullptr || grad_mod != nullptr;
   SO2_GRID_STRIDE(t, spec.count * nmod * C) {
-    int64_t row;
-    const InSite st = in_site(spec, t, C, nmod, idx, n_rows, row);
-    const scalar_t* xl = x + (row * K + st.l * st.l) * C + st.c;
+    const InSite st = in_site(spec, t, C, nmod, idx, n_rows);
+    const scalar_t* xl = x + (st.row * K + st.l * st.l) * C + st.c;
     const acc_t md = static_cast<acc_t>(mod[(st.e * nmod + st.q) * C + st.c]);
     acc_t gm = acc_t(0);
     for (int s = 0; s < num_signs(st.m); ++s) {

@@ -143,6 +143,21 @@ class _Spec:
         self.halves = [(w_last.index_select(0, r), b_last.index_select(0, r)) for r in self.half_rows]
 
 
+def _keep_rows(s: _Spec, hid: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[n, R, H] = hid[n, K, H]`` on the rows that can be nonzero (all of them when mmax >= lmax)."""
+    if s.all_kept:
+        out.copy_(hid)
+    else:
+        torch.index_select(hid, 1, s.kept, out=out)
+
+
+def _restore_rows(s: _Spec, kept: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_keep_rows``: ``[n, R, H] -> [n, K, H]`` (the other rows zero)."""
+    if s.all_kept:
+        return kept
+    return kept.new_zeros(kept.shape[0], s.k, kept.shape[2]).index_copy_(1, s.kept, kept)
+
+
 # ------------------------------------------------------------------ the producer: rotations, conv1, gate logits
 def _conv1(s: _Spec, x, ws, fs, w_s, w_t, bias1, w_gate, b_gate, ss, ds):
     """One slice: ``hid[n, K, H]`` (conv1 of the rotated, modulated ``x[src]``, ``x[dst]``, plus the m = 0
@@ -296,10 +311,7 @@ class _LeanBlock(torch.autograd.Function):
                 ws, ds = wigner[sl], dst[sl]
                 hid, pre_s = _conv1(s, x, ws, feat[sl], w_s, w_t, bias1, w_gate, b_gate, src[sl], ds)
                 if keep:
-                    if s.all_kept:
-                        hid_kept[sl] = hid
-                    else:
-                        torch.index_select(hid, 1, s.kept, out=hid_kept[sl])
+                    _keep_rows(s, hid, hid_kept[sl])
                 gates = None
                 if s.gated:
                     if keep:
@@ -335,8 +347,7 @@ class _LeanBlock(torch.autograd.Function):
                 if grad_mode:  # create_graph: recompute from the inputs so the graph reaches them
                     hs, pre_s = _conv1(s, x, ws, fs, w_s, w_t, bias1, w_gate, b_gate, ss, ds)
                 else:
-                    hs = hid_kept[sl] if s.all_kept else hid_kept.new_zeros(sl.stop - sl.start, s.k, hidden).index_copy_(
-                        1, s.kept, hid_kept[sl])
+                    hs = _restore_rows(s, hid_kept[sl])
                     pre_s = pre[sl] if s.gated else None
                 gs = torch.sigmoid(pre_s).view(-1, lmax, hidden) if s.gated else None
                 ghid, ggates = _conv2_backward(s, (need_g,) + need2_params + (nwig, nenv), acc, g_out, hs, gs, w2,
