@@ -4,6 +4,13 @@
   averaged): Hamiltonian MAE, diagonal-block and off-diagonal-block MAE, MAE of
   the occupied orbital energies (micro-Hartree) and the occupied orbital
   coefficient similarity (percent).
+* Spectrum metrics (same eigenvalues): LUMO error, HOMO-LUMO gap error (mean and
+  worst molecule), worst orbital-energy error (eV), and the MAE of the lowest 10
+  virtual orbital energies (micro-Hartree).
+* Density metrics (:func:`qhnetv2.metrics.density_metrics`, one PySCF Fock build
+  per density, on the first ``density`` molecules, all by default): total-energy
+  error E[D(H_pred)] - E[D(H_true)] with the labels' functional (signed mean and
+  mean absolute, micro-Hartree) and dipole error (Debye).
 * With ``scf=N``: the QH9 DFT-acceleration protocol on the first N evaluated
   molecules, with the dataset's own SCF settings: SCF cycles started from the
   predicted Hamiltonian vs from PySCF's ``minao`` guess, and |E(pred) - E(minao)|,
@@ -25,9 +32,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-#: keys of ``result["metrics"]`` (micro-Hartree / percent, as the papers print them)
+#: keys of ``result["metrics"]`` (micro-Hartree / percent as the papers print them; eV; Debye),
+#: see :func:`qhnetv2.metrics.to_micro_hartree`; the density ones only when they were computed
 METRIC_KEYS = ("hamiltonian_mae_uEh", "hamiltonian_diagonal_mae_uEh", "hamiltonian_off_diagonal_mae_uEh",
-               "orbital_energy_mae_uEh", "orbital_coefficient_similarity_percent")
+               "orbital_energy_mae_uEh", "orbital_coefficient_similarity_percent",
+               "virtual_orbital_energy_mae_uEh", "lumo_error_eV", "gap_error_eV", "gap_error_max_eV",
+               "max_orbital_energy_error_eV", "max_orbital_energy_error_max_eV",
+               "energy_error_uEh", "energy_abs_error_uEh", "dipole_error_D")
 
 #: the SCF settings of a dataset's ``__meta__`` that configure the SCF
 SCF_SETTING_KEYS = ("xc", "basis", "grid_level", "conv_tol", "conv_tol_grad", "max_cycle", "init_guess")
@@ -122,7 +133,8 @@ def scf_acceleration(items: Sequence[Dict[str, Any]], settings: Dict[str, Any],
 
 def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, scf: int = 0,
              batch_size: int = 8, device: Optional[str] = None, extra: Optional[Dict[str, Any]] = None,
-             progress: bool = False, energy_tol: Optional[float] = None) -> Dict[str, Any]:
+             progress: bool = False, energy_tol: Optional[float] = None,
+             density: Optional[int] = None) -> Dict[str, Any]:
     """Evaluate a model on (a subset of) a labelled dataset.
 
     Args:
@@ -133,20 +145,32 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
         extra: for a model object, its checkpoint ``extra`` (``target``, ``settings``);
             read from the file for a checkpoint path.
         device: ``cpu``, ``cuda``, ... (default: keep the model's device; for a path, auto).
+        density: the density metrics (energy, dipole) on the first ``density``
+            molecules; ``None``: all, ``0``: none.
     Returns:
         ``{"metrics": {<METRIC_KEYS>}, "metrics_hartree": {...}, "per_molecule": [...],
-        "n_molecules", "basis", "target", "dataset", "checkpoint", "scf": {...} or None}``.
+        "n_molecules", "n_density_molecules", "basis", "target", "dataset", "checkpoint",
+        "scf": {...} or None}``.  ``metrics_hartree`` has the raw values (Hartree,
+        Debye, unitless; keys of :data:`qhnetv2.metrics.METRIC_KEYS` and
+        :data:`qhnetv2.metrics.DENSITY_KEYS`, plus ``gap_error_max`` and
+        ``max_orbital_energy_error_max``); ``metrics`` and the ``per_molecule``
+        rows are in reporting units (:func:`qhnetv2.metrics.to_micro_hartree`).
     """
     from .data.store import HamiltonianReader
     from .inference import model_and_extra, predict_hamiltonians, target_of
-    from .metrics import hamiltonian_metrics, to_micro_hartree
+    from .metrics import DENSITY_KEYS, METRIC_KEYS as RAW_KEYS, density_metrics, hamiltonian_metrics, \
+        summarize, to_micro_hartree
 
     model, extra, checkpoint = model_and_extra(model_or_ckpt, device, extra)
     target = target_of(extra)
+    from .inference import domain_flags
+    in_domain: List[Dict[str, Any]] = []  # per molecule vs the training domain (qhnetv2.domain)
     if scf < 0:
         raise ValueError(f"scf must be >= 0, got {scf}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if density is not None and density < 0:
+        raise ValueError(f"density must be >= 0 or None (all), got {density}")
     reader = HamiltonianReader(data_dir, ids=list(ids) if ids is not None else None)
     check_dataset_basis(model, reader)
     if len(reader) == 0:
@@ -154,8 +178,9 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
     known = set(model.config.elements)
     layout = model.layout
 
-    keys = ("hamiltonian_mae", "hamiltonian_diagonal_mae", "hamiltonian_off_diagonal_mae",
-            "orbital_energy_mae", "orbital_coefficient_similarity")
+    n_density = len(reader) if density is None else min(int(density), len(reader))
+    meta_settings = dict(reader.meta.get("settings") or {})
+    keys = RAW_KEYS + (DENSITY_KEYS if n_density else ())
     per_values: Dict[str, List[float]] = {k: [] for k in keys}
     mol_ids: List[str] = []
     scf_items: List[Dict[str, Any]] = []
@@ -183,9 +208,26 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
         n_occ = [(int(np.sum(r["atomic_numbers"])) - q) // 2 for r, q in zip(recs, charges)]
         m = hamiltonian_metrics(preds, [r["hamiltonian"] for r in recs], [r["overlap"] for r in recs], n_occ,
                                 ao_slices=[_ao_slices(layout, r["atomic_numbers"]) for r in recs])
-        for k in keys:
+        for k in RAW_KEYS:
             per_values[k].extend(float(v) for v in m["per_molecule"][k])
+        if n_density:
+            # molecules past the first n_density get NaN (left out of the means, null in the JSON)
+            sel = [j for j in range(len(recs)) if start + j < n_density]
+            d = None
+            if sel:
+                # the record's own settings (its functional, basis, grid) over the dataset's
+                d = density_metrics([preds[j] for j in sel], [recs[j]["hamiltonian"] for j in sel],
+                                    [recs[j]["atomic_numbers"] for j in sel], [recs[j]["positions"] for j in sel],
+                                    [dict(meta_settings, **(recs[j].get("settings") or {})) for j in sel],
+                                    charges=[charges[j] for j in sel])
+            for k in DENSITY_KEYS:
+                vals = [float("nan")] * len(recs)
+                for pos, j in enumerate(sel):
+                    vals[j] = float(d["per_molecule"][k][pos])
+                per_values[k].extend(vals)
         mol_ids.extend(r["id"] for r in recs)
+        in_domain.extend(domain_flags(model, extra, [r["atomic_numbers"] for r in recs], [r["positions"] for r in recs],
+                                      ids=[r["id"] for r in recs], source=checkpoint))
         for rec, h, q in zip(recs, preds, charges):
             if len(scf_items) < scf:
                 scf_items.append({"id": rec["id"], "atomic_numbers": rec["atomic_numbers"],
@@ -195,12 +237,12 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
     if bar is not None:
         bar.close()
 
-    means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-             for k, v in ((k, np.asarray(per_values[k])) for k in keys)}
+    means = summarize(per_values)
     per_molecule = []
     for i, mol_id in enumerate(mol_ids):
         row = {"id": mol_id}
         row.update(to_micro_hartree({k: per_values[k][i] for k in keys}))
+        row.update(in_domain[i])  # in_domain, domain_reasons (DomainWarning for each outside)
         per_molecule.append(row)
     result: Dict[str, Any] = {
         "checkpoint": checkpoint,
@@ -208,6 +250,8 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
         "basis": model.config.basis,
         "target": target,
         "n_molecules": len(mol_ids),
+        "n_out_of_domain": sum(not f["in_domain"] for f in in_domain),
+        "n_density_molecules": n_density,
         "metrics": to_micro_hartree(means),
         "metrics_hartree": means,
         "per_molecule": per_molecule,
@@ -230,8 +274,11 @@ def format_result(result: Dict[str, Any]) -> str:
     lines = [f"evaluated {result['n_molecules']} molecules of {result['dataset']} "
              f"(basis {result['basis']}, target {result['target']})"]
     for k in METRIC_KEYS:
-        v = result["metrics"].get(k, float("nan"))
-        lines.append(f"  {k:42s} {v:12.3f}")
+        if k in result["metrics"]:  # older results / density off: print what is there
+            v = result["metrics"][k]
+            lines.append(f"  {k:42s} {float('nan') if v is None else v:12.4f}")
+    if result.get("n_density_molecules") not in (None, result["n_molecules"]):
+        lines.append(f"  (energy and dipole errors on the first {result['n_density_molecules']} molecules)")
     s = result.get("scf")
     if s:
         lines.append(f"DFT acceleration on {s['n_molecules']} molecules ({s['n_errors']} errors):")

@@ -21,7 +21,8 @@ def cmd_evaluate(args) -> int:
         from .data.split import load_split
         ids = load_split(args.split, args.subset or "test")
     result = evaluate(args.checkpoint, args.data, ids=ids, scf=args.scf, batch_size=args.batch_size,
-                      device=args.device, progress=not args.no_progress, energy_tol=args.energy_tol)
+                      device=args.device, progress=not args.no_progress, energy_tol=args.energy_tol,
+                      density=args.density)
     print(format_result(result), flush=True)
     if args.json:
         write_result(result, args.json)
@@ -33,7 +34,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` options to its group parser."""
     parser.description = ("QH9 metrics of a trained checkpoint on a labelled dataset (Hamiltonian, "
                           "diagonal and off-diagonal block MAE, occupied orbital energy MAE in "
-                          "micro-Hartree, orbital coefficient similarity in %), optionally the "
+                          "micro-Hartree, orbital coefficient similarity in %), spectrum errors (LUMO, "
+                          "HOMO-LUMO gap mean and max, worst orbital in eV; lowest-10 virtual orbital "
+                          "MAE in micro-Hartree), density errors (total energy of the predicted density "
+                          "with the labels' functional in micro-Hartree, dipole in Debye), optionally the "
                           "DFT-acceleration protocol (SCF cycles from the prediction vs minao).")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint (model.save)")
     parser.add_argument("--data", required=True, metavar="DIR", help="labelled dataset directory")
@@ -42,6 +46,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="which split of --split to evaluate (default test)")
     parser.add_argument("--scf", type=_non_negative, default=0, metavar="N",
                         help="run the DFT-acceleration protocol on the first N molecules (default 0)")
+    parser.add_argument("--density", type=_non_negative, default=None, metavar="N",
+                        help="energy and dipole errors (one PySCF Fock build per density) on the first N "
+                             "molecules only (default: all; 0: none)")
     parser.add_argument("--energy-tol", type=float, default=None,
                         help="allowed |E(pred) - E(minao)| in Hartree (default 10 x the dataset's conv_tol)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write all results (per molecule too) here")

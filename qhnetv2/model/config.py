@@ -28,8 +28,10 @@ class ModelConfig:
     cutoff: float = 5.0
     pair_cutoff: Optional[float] = None
     avg_degree: float = 8.0
-    node_frame: str = "nearest"
+    node_frame: str = "average"
     frame_temperature: float = 0.1
+    frame_window: float = 0.1
+    norm: str = "joint"
 
     @classmethod
     def from_dict(cls, d: Dict) -> "ModelConfig":

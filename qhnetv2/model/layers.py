@@ -24,10 +24,11 @@ class MessageBlock(nn.Module):
     Shapes: ``forward(x[N, K, C], edge_index[2, E], wigner[E, P], rbf[E, R], envelope[E]) -> [N, K, C]``.
     """
 
-    def __init__(self, lmax: int, mmax: int, channels: int, num_rbf: int, avg_degree: float):
+    def __init__(self, lmax: int, mmax: int, channels: int, num_rbf: int, avg_degree: float,
+                 norm: str = "separate"):
         super().__init__()
         self.lmax, self.mmax, self.channels = lmax, mmax, channels
-        self.norm = SO2LayerNorm(lmax, channels)
+        self.norm = SO2LayerNorm(lmax, channels, degrees=norm)
         self.weight = nn.Parameter(torch.empty(so2ops.weight_size(lmax, mmax, channels, channels)))
         init_so2_weight(self.weight, lmax, mmax, channels, channels)
         self.radial = radial_mlp(num_rbf, 64, num_mod(lmax, mmax) * channels)
@@ -46,23 +47,31 @@ class MessageBlock(nn.Module):
 class NodeBlock(nn.Module):
     """Node update in each atom's local frame: rotate in, SO(2) tensor product, gate, rotate back.
 
+    With frame averaging (``graph.build_graph(node_frame="average")``) an atom has one or
+    more candidate frames: the update is evaluated in each and the rotated-back results
+    are summed with the frames' weights, which keeps it exactly equivariant and
+    independent of the atom order (docs/model.md, "Node frames").
     Atoms without a frame get only their degree-0 update (the rest would depend on
     an arbitrary frame).
 
-    Shapes: ``forward(x[N, K, C], wigner[N, P], attrs[N, A], has_frame[N]) -> [N, K, C]``.
+    Shapes: ``forward(x[N, K, C], wigner[F, P], attrs[N, A], has_frame[N], frame_atom[F],
+    frame_weight[F]) -> [N, K, C]``; ``frame_atom`` None means one frame per atom (``F == N``).
     """
 
-    def __init__(self, lmax: int, mmax: int, channels: int, attr_dim: int, body_order: int):
+    def __init__(self, lmax: int, mmax: int, channels: int, attr_dim: int, body_order: int,
+                 norm: str = "separate"):
         super().__init__()
         self.lmax = lmax
-        self.norm = SO2LayerNorm(lmax, channels)
+        self.norm = SO2LayerNorm(lmax, channels, degrees=norm)
         self.tp = SO2TensorProduct(lmax, mmax, channels, channels, attr_dim, body_order=body_order)
         self.gate = Gate(lmax, channels)
 
-    def forward(self, x, wigner, attrs, has_frame):
-        h = so2ops.rotate(self.norm(x), wigner, self.lmax)
-        y = self.gate(self.tp(h, attrs))
+    def forward(self, x, wigner, attrs, has_frame, frame_atom=None, frame_weight=None):
+        h = so2ops.rotate(self.norm(x), wigner, self.lmax, index=frame_atom)
+        y = self.gate(self.tp(h, attrs if frame_atom is None else attrs[frame_atom]))
         y = so2ops.rotate(y, wigner, self.lmax, inverse=True)
+        if frame_atom is not None:  # weighted sum over each atom's candidate frames
+            y = torch.zeros_like(x).index_add(0, frame_atom, y * frame_weight[:, None, None].to(y.dtype))
         # frameless atoms keep the degree-0 row only
         return torch.cat([y[:, :1], y[:, 1:] * has_frame[:, None, None].to(y.dtype)], dim=1)
 
@@ -75,12 +84,13 @@ class PairBlock(nn.Module):
     Shapes: ``forward(x[N, K, C], pair_feat[Pn, K, Cp], pairs[Pn, 2], wigner[Pn, P], rbf[Pn, R]) -> [Pn, K, Cp]``.
     """
 
-    def __init__(self, lmax: int, mmax: int, channels: int, pair_channels: int, num_rbf: int):
+    def __init__(self, lmax: int, mmax: int, channels: int, pair_channels: int, num_rbf: int,
+                 norm: str = "separate"):
         super().__init__()
         self.lmax, self.mmax = lmax, mmax
         cin = 2 * channels + pair_channels
         self.cin = cin
-        self.norm = SO2LayerNorm(lmax, channels)
+        self.norm = SO2LayerNorm(lmax, channels, degrees=norm)
         self.lin1 = SO2Linear(lmax, mmax, cin, pair_channels)
         self.lin2 = SO2Linear(lmax, mmax, pair_channels, pair_channels)
         self.radial = radial_mlp(num_rbf, 64, num_mod(lmax, mmax) * cin)

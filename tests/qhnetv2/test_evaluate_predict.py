@@ -66,6 +66,29 @@ def manual_metrics(model, ds, ids, extra=None):
     return to_micro_hartree(m)
 
 
+DENSITY_UNITS = ("energy_error_uEh", "energy_abs_error_uEh", "dipole_error_D")
+
+
+def manual_density(model, ds, ids):
+    """Per molecule: E[D(H_pred)] - E[D(H_label)] (uEh) and |dipole difference| (Debye),
+    with plain PySCF (the aufbau density of each H, energy_tot, dip_moment)."""
+    from pyscf import scf
+    from qhnetv2.data import HamiltonianReader
+    out = []
+    for mol_id in ids:
+        r = HamiltonianReader(ds)[mol_id]
+        mf = scf.RHF(pyscf_mol(r["atomic_numbers"], r["positions"]))
+        e_mu = []
+        for h in (model.predict(r["atomic_numbers"], r["positions"]), r["hamiltonian"]):
+            eps, c = scipy.linalg.eigh(0.5 * (h + h.T), r["overlap"])
+            dm = mf.make_rdm1(c, mf.get_occ(eps, c))
+            e_mu.append((mf.energy_tot(dm=dm), mf.dip_moment(dm=dm, unit="Debye", verbose=0)))
+        de = e_mu[0][0] - e_mu[1][0]
+        out.append({"energy_error_uEh": de * 1e6, "energy_abs_error_uEh": abs(de) * 1e6,
+                    "dipole_error_D": float(np.linalg.norm(e_mu[0][1] - e_mu[1][1]))})
+    return out
+
+
 # ------------------------------------------------------------------ evaluate
 def test_evaluate_cli(setup, capsys):
     from qhnetv2.data import HamiltonianReader
@@ -79,9 +102,17 @@ def test_evaluate_cli(setup, capsys):
     assert res["n_molecules"] == 3 and [r["id"] for r in res["per_molecule"]] == ids
     assert res["target"] == "full" and res["basis"] == "sto-3g"
     expected = manual_metrics(setup["model"], setup["ds"], ids)
-    assert set(expected) == set(res["metrics"])
+    assert set(expected) | set(DENSITY_UNITS) == set(res["metrics"]) and res["n_density_molecules"] == 3
     for key, value in expected.items():
         assert res["metrics"][key] == pytest.approx(value, rel=1e-6), key  # float32 model: batching moves the last bits
+    assert "gap_error_max_eV" in printed and "energy_error_uEh" in printed and "dipole_error_D" in printed
+    # energy and dipole of the predicted density, by hand with PySCF (HF/STO-3G, the labels' recipe)
+    by_hand = manual_density(setup["model"], setup["ds"], ids)
+    for row, ref in zip(res["per_molecule"], by_hand):
+        for key, value in ref.items():
+            assert row[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    for key in DENSITY_UNITS:
+        assert res["metrics"][key] == pytest.approx(np.mean([r[key] for r in by_hand]), rel=1e-4, abs=1e-6)
     scf = res["scf"]
     assert scf["n_molecules"] == 2 and scf["n_errors"] == 0
     assert scf["n_energy_diff_above_tol"] == 0 and scf["max_abs_energy_diff_pred_vs_minao"] < 1e-8
@@ -95,14 +126,20 @@ def test_evaluate_split_subset(setup):
     from qhnetv2.evaluate import evaluate
     out = str(setup["tmp"] / "eval_test.json")
     assert main(["evaluate", "--checkpoint", setup["ckpt"], "--data", setup["ds"], "--split", setup["split"],
-                 "--subset", "test", "--json", out, "--no-progress"]) == 0
+                 "--subset", "test", "--json", out, "--no-progress", "--density", "1"]) == 0
     test_ids = load_split(setup["split"], "test")
     res = json.load(open(out))
     assert [r["id"] for r in res["per_molecule"]] == test_ids and res["scf"] is None
+    # --density 1: energy/dipole errors of the first molecule only (null for the others)
+    assert res["n_density_molecules"] == 1 and len(test_ids) == 2
+    assert res["per_molecule"][0]["dipole_error_D"] is not None and res["per_molecule"][1]["dipole_error_D"] is None
+    assert res["metrics"]["energy_error_uEh"] == pytest.approx(res["per_molecule"][0]["energy_error_uEh"])
     # the Python API with a model object gives the same numbers
-    direct = evaluate(setup["model"], setup["ds"], ids=test_ids)
+    direct = evaluate(setup["model"], setup["ds"], ids=test_ids, density=1)
+    assert set(direct["metrics"]) == set(res["metrics"])
     for key, value in direct["metrics"].items():
         assert res["metrics"][key] == pytest.approx(value, rel=1e-12)
+    assert not set(DENSITY_UNITS) & set(evaluate(setup["model"], setup["ds"], ids=test_ids, density=0)["metrics"])
 
 
 def test_residual_target_adds_the_base(setup):
