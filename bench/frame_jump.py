@@ -5,7 +5,7 @@
 A water-like path: the O-H1 distance sweeps 0.92 -> 1.02 Angstrom while O-H2
 stays 0.97, so H1 and H2 swap as O's nearest neighbour at the middle of the
 path.  For the nearest-neighbour node frame (the paper's) and the soft frame
-(``node_frame="soft"``), with the same weights, it reports the largest change
+(``node_frame="soft"``) and frame averaging (``node_frame="average"``), with the same weights, it reports the largest change
 of H between consecutive path points next to the typical change elsewhere:
 a frame jump shows as a step at the swap.  float64 throughout.
 """
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     geoms = path(args.steps)
     swap = args.steps // 2
     result = {}
-    for frame in ("nearest", "soft"):
+    for frame in ("nearest", "soft", "average"):
         cfg = base.config.to_dict()
         cfg.update(node_frame=frame)
         basis, elements = cfg.pop("basis"), cfg.pop("elements")

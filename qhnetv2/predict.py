@@ -10,6 +10,16 @@ than 0.3 Angstrom, NaN coordinates, a SMILES RDKit cannot embed, no electrons) i
 reported and skipped; the others go on.  A file that cannot be read or holds no
 molecule is an error (nothing is written).
 
+Each predicted molecule is compared with the training domain recorded in the
+checkpoint (:mod:`qhnetv2.domain`: elements, element-pair distances within the cutoff,
+bonding environments, molecule sizes); one outside it is still predicted but flagged:
+a :class:`qhnetv2.domain.DomainWarning` (one ``qhnetv2: warning: ...`` line on the
+command line) and ``<id>/in_domain`` False with its ``<id>/domain_reasons``.  For a
+checkpoint without a domain record every molecule counts as inside (one note says so).
+
+Units: Hartree for H and every orbital energy (``homo``, ``lumo``, ``homo_lumo_gap``),
+except the keys ending in ``_eV``; Angstrom for positions (``meta["units"]`` repeats this).
+
 Output: one ``.npz`` (written to a temporary file, then renamed: never half-written),
 loadable with ``np.load(path, allow_pickle=False)``:
 
@@ -19,7 +29,9 @@ key                           shape / dtype   meaning
 ``ids``                       [M] str         predicted molecule ids, input order
 ``failed_ids``                [F] str         skipped molecules
 ``failed_reasons``            [F] str         why each was skipped
-``meta``                      [] str          JSON: checkpoint, basis, target, units, settings
+``meta``                      [] str          JSON: checkpoint, basis, target, units (per key),
+                                              settings, domain_checked (bool: the checkpoint
+                                              records a training domain)
 ``<id>``                      [n_ao, n_ao]    H, float64, Hartree, PySCF AO order (so the file
                                               works as ``qhnetv2 data scf-bench --pred``)
 ``<id>/atomic_numbers``       [n_atoms] int64
@@ -31,6 +43,11 @@ key                           shape / dtype   meaning
 ``<id>/homo``                 [] float64      eps[ceil(n_electrons / 2) - 1] (Hartree)
 ``<id>/lumo``                 [] float64      the next orbital energy (NaN if none)
 ``<id>/homo_lumo_gap``        [] float64      lumo - homo (Hartree)
+``<id>/homo_lumo_gap_eV``     [] float64      the same gap in eV (what the command prints)
+``<id>/in_domain``            [] bool         inside the checkpoint's training domain (True when
+                                              the checkpoint records none)
+``<id>/domain_reasons``       [] str          JSON list of why not (``[]`` when inside), e.g.
+                                              ``["element F not in the training set (...)"]``
 ============================  ==============  =====================================================
 
 For odd electron counts ``homo`` is the singly occupied orbital (the model was trained
@@ -106,10 +123,12 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
     """Predict every molecule of ``geometries`` and write ``out`` (see the module doc).
 
     Returns a summary: ``n_molecules``, ``n_ok``, ``n_failed``, ``failures`` {id: reason},
-    ``out``.
+    ``out``, ``gaps_eV`` {id: HOMO-LUMO gap in eV}, ``mean_gap_eV``, ``out_of_domain``
+    {id: [reasons]} (predicted, but outside the training domain; each also a
+    :class:`qhnetv2.domain.DomainWarning`) and ``domain_checked``.
     """
     from .data.geometries import embed_smiles, read_geometries
-    from .inference import model_and_extra, predict_hamiltonians, target_of
+    from .inference import domain_flags, model_and_extra, predict_hamiltonians, target_of, training_info
 
     if isinstance(geometries, str):
         geometries = [geometries]
@@ -129,6 +148,7 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
     model, extra, checkpoint = model_and_extra(model_or_ckpt, device, extra)
     target = target_of(extra)
     basis = model.config.basis
+    domain_checked = training_info(model, extra)["domain"] is not None
 
     failures: Dict[str, str] = {}
     ready: List[Dict[str, Any]] = []
@@ -156,6 +176,10 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
             bar = None
     arrays: Dict[str, np.ndarray] = {}
     done: List[str] = []
+    # flag (not skip) molecules outside the training domain, before the slow part
+    flags = domain_flags(model, extra, [g["atomic_numbers"] for g in ready], [g["positions"] for g in ready],
+                         ids=[g["id"] for g in ready], source=checkpoint)
+    flag_of = {g["id"]: f for g, f in zip(ready, flags)}
 
     def _predict(group):
         return predict_hamiltonians(model, extra, [g["atomic_numbers"] for g in group],
@@ -193,6 +217,9 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
             arrays[f"{key}/orbital_energies"] = orb["orbital_energies"]
             for k in ("homo", "lumo", "homo_lumo_gap"):
                 arrays[f"{key}/{k}"] = np.float64(orb[k])
+            arrays[f"{key}/homo_lumo_gap_eV"] = np.float64(orb["homo_lumo_gap"] * HARTREE_TO_EV)
+            arrays[f"{key}/in_domain"] = np.bool_(flag_of[key]["in_domain"])
+            arrays[f"{key}/domain_reasons"] = np.array(json.dumps(flag_of[key]["domain_reasons"]))
             done.append(key)
         if bar is not None:
             bar.update(len(group))
@@ -203,8 +230,10 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
     done.sort(key=order.__getitem__)
     failed = sorted(failures, key=order.__getitem__)
     meta = {"checkpoint": checkpoint, "basis": basis, "target": target, "geometries": list(geometries),
-            "units": {"hamiltonian": "Hartree", "positions": "Angstrom", "orbital_energies": "Hartree"},
-            "ao_order": "pyscf", "settings": (extra or {}).get("settings")}
+            "units": {"hamiltonian": "Hartree", "positions": "Angstrom", "orbital_energies": "Hartree",
+                      "homo": "Hartree", "lumo": "Hartree", "homo_lumo_gap": "Hartree",
+                      "homo_lumo_gap_eV": "eV"},
+            "ao_order": "pyscf", "settings": (extra or {}).get("settings"), "domain_checked": domain_checked}
     arrays["ids"] = np.array(done, dtype=str)
     arrays["failed_ids"] = np.array(failed, dtype=str)
     arrays["failed_reasons"] = np.array([failures[i] for i in failed], dtype=str)
@@ -214,4 +243,6 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
     return {"out": out, "n_molecules": len(items), "n_ok": len(done), "n_failed": len(failed),
             "failures": {i: failures[i] for i in failed},
             "gaps_eV": {i: g * HARTREE_TO_EV for i, g in zip(done, gaps)},
-            "mean_gap_eV": float(np.mean(gaps)) * HARTREE_TO_EV if gaps else math.nan}
+            "mean_gap_eV": float(np.mean(gaps)) * HARTREE_TO_EV if gaps else math.nan,
+            "out_of_domain": {i: flag_of[i]["domain_reasons"] for i in done if not flag_of[i]["in_domain"]},
+            "domain_checked": domain_checked}

@@ -6,7 +6,7 @@ import sys
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_geometries
+    from .predict import HARTREE_TO_EV, predict_geometries
 
     summary = predict_geometries(args.checkpoint, args.geometry, args.out, fmt=args.format,
                                  batch_size=args.batch_size, device=args.device,
@@ -14,9 +14,13 @@ def cmd_predict(args) -> int:
     for mol_id, reason in summary["failures"].items():
         print(f"skipped {mol_id}: {reason}", file=sys.stderr)
     for mol_id, gap in summary["gaps_eV"].items():
-        print(f"{mol_id}  HOMO-LUMO gap {gap:.4f} eV")
-    print(f"{summary['n_ok']} predicted, {summary['n_failed']} skipped "
-          f"(of {summary['n_molecules']}); written to {summary['out']}", flush=True)
+        flag = "" if mol_id not in summary["out_of_domain"] else "  (outside the training domain)"
+        print(f"{mol_id}  HOMO-LUMO gap {gap:.4f} eV ({gap / HARTREE_TO_EV:.6f} Hartree){flag}")
+    domain = (f"{len(summary['out_of_domain'])} outside the training domain" if summary["domain_checked"]
+              else "training domain not checked (the checkpoint records none)")
+    print(f"{summary['n_ok']} predicted, {summary['n_failed']} skipped (of {summary['n_molecules']}); {domain}; "
+          f"written to {summary['out']} (H and orbital energies in Hartree, positions in Angstrom; "
+          f"keys: qhnetv2/predict.py)", flush=True)
     return 0 if summary["n_ok"] else 1
 
 

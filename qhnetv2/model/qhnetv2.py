@@ -40,9 +40,27 @@ class QHNetV2(nn.Module):
         layout: a ``so2ops.BasisLayout`` instead of reading ``basis`` through PySCF.
         **sizes: ``ModelConfig`` fields (lmax, mmax, channels, layers, ...).
 
-    ``model(atomic_numbers[n], positions[n, 3])`` (Angstrom) returns ``H[n_ao, n_ao]`` in
-    PySCF's AO order, differentiable w.r.t. parameters and positions.
+    ``model(atomic_numbers[n], positions[n, 3])`` (Angstrom) returns the network output
+    ``[n_ao, n_ao]`` in PySCF's AO order, differentiable w.r.t. parameters and positions:
+    the Hamiltonian itself for target ``full``, ``H - H_base`` for a residual target.
+    ``predict`` / ``predict_many`` return the full Kohn-Sham H whatever the target.
+
+    What the model was trained on comes from its checkpoint (``from_checkpoint`` /
+    ``load``, from ``checkpoint["extra"]``): ``target`` (``full``, ``core``, ``minao``),
+    ``settings`` (the labels' SCF settings, to rebuild ``H_base``) and ``domain``
+    (:mod:`qhnetv2.domain`); a model built directly has target ``full``, no domain.
     """
+
+    #: what the network learned (qhnetv2.baseline.TARGETS); from_checkpoint sets the trained one
+    target: str = "full"
+    #: SCF settings of the training labels (for H_base), None: PySCF defaults with the model's basis
+    settings: Optional[Dict] = None
+    #: training-domain record (qhnetv2.domain), None: unknown, nothing is checked
+    domain: Optional[Dict] = None
+    #: the file load() read, for messages (None otherwise)
+    checkpoint_path: Optional[str] = None
+    #: True once from_checkpoint set target / settings / domain (an old checkpoint may lack a domain)
+    from_trained_checkpoint: bool = False
 
     def __init__(self, basis: str = "def2-svp", elements: Sequence[int] = (1, 6, 7, 8, 9),
                  layout: Optional[BasisLayout] = None, **sizes):
@@ -67,12 +85,12 @@ class QHNetV2(nn.Module):
         self.embedding = nn.Embedding(len(cfg.elements), C)
         self.rbf = RadialBasis(cfg.num_rbf, cfg.cutoff)
         self.pair_rbf = RadialBasis(cfg.num_rbf, cfg.pair_cutoff or 12.0)
-        self.messages = nn.ModuleList(MessageBlock(L, cfg.mmax, C, cfg.num_rbf, cfg.avg_degree) for _ in range(cfg.layers))
-        self.nodes = nn.ModuleList(NodeBlock(L, cfg.tp_mmax, C, C, cfg.body_order) for _ in range(cfg.layers))
-        self.pairs = nn.ModuleList(PairBlock(L, cfg.pair_mmax, C, Cp, cfg.num_rbf) for _ in range(cfg.layers))
+        self.messages = nn.ModuleList(MessageBlock(L, cfg.mmax, C, cfg.num_rbf, cfg.avg_degree, cfg.norm) for _ in range(cfg.layers))
+        self.nodes = nn.ModuleList(NodeBlock(L, cfg.tp_mmax, C, C, cfg.body_order, cfg.norm) for _ in range(cfg.layers))
+        self.pairs = nn.ModuleList(PairBlock(L, cfg.pair_mmax, C, Cp, cfg.num_rbf, cfg.norm) for _ in range(cfg.layers))
         self.block_channels = so2ops.block_channels(self.layout, L)
-        self.diag_norm = so2ops.nn.SO2LayerNorm(L, C)
-        self.pair_norm = so2ops.nn.SO2LayerNorm(L, Cp)
+        self.diag_norm = so2ops.nn.SO2LayerNorm(L, C, degrees=cfg.norm)
+        self.pair_norm = so2ops.nn.SO2LayerNorm(L, Cp, degrees=cfg.norm)
         self.diag_readout = so2ops.nn.SO2Linear(L, L, C, self.block_channels, gain=0.5)
         self.pair_readout = so2ops.nn.SO2Linear(L, L, Cp + 2 * C, self.block_channels, gain=0.5)
         # atomic reference: per element, a rotation-invariant diagonal block (c_q I per
@@ -137,7 +155,10 @@ class QHNetV2(nn.Module):
         self.check_geometry(pos, batch)
         if index is None:
             index = HamiltonianIndex.build(self.layout, z, batch)
-        g = build_graph(pos, batch, cfg.cutoff, cfg.pair_cutoff, cfg.node_frame, cfg.frame_temperature)
+        g = build_graph(pos, batch, cfg.cutoff, cfg.pair_cutoff, cfg.node_frame, cfg.frame_temperature,
+                        cfg.frame_window)
+        # candidate node frames (docs/model.md "Node frames"); one per atom: no gather / sum
+        f_atom, f_weight = (None, None) if g.one_frame_per_atom else (g.frame_atom, g.frame_weight)
         # Every pair in both orientations, the two blocks averaged at assembly: the pair path
         # (frame r_j - r_i, inputs [x_i, x_j]) is not symmetric in (i, j), and H must not
         # depend on the order of the atoms (permutation equivariance).
@@ -157,11 +178,13 @@ class QHNetV2(nn.Module):
         pair_feat = x.new_zeros(pairs.shape[0], num_coeffs(L), cfg.pair_channels)
         for msg, node, pair in zip(self.messages, self.nodes, self.pairs):
             x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e)
-            x = x + node(x, w_node, attrs, g.has_frame)
+            x = x + node(x, w_node, attrs, g.has_frame, f_atom, f_weight)
             pair_feat = pair_feat + pair(x, pair_feat, pairs, w_pair, rbf_p)
         # readout: diagonal blocks in node frames, off-diagonal blocks in pair frames
         xn = self.diag_norm(x)
-        diag = self.diag_readout(so2ops.rotate(xn, w_node, L))
+        diag = self.diag_readout(so2ops.rotate(xn, w_node, L, index=f_atom))
+        if f_weight is not None:
+            diag = diag * f_weight[:, None, None].to(diag.dtype)
         if n_pairs:
             xi = so2ops.rotate(xn, w_pair, L, index=pairs[:, 0])
             xj = so2ops.rotate(xn, w_pair, L, index=pairs[:, 1])
@@ -169,35 +192,79 @@ class QHNetV2(nn.Module):
         else:
             off = diag.new_zeros(0, diag.shape[1], diag.shape[2])
         atoms = torch.arange(n, device=dev)
-        items = torch.cat([torch.stack([atoms, atoms], 1), pairs[:n_pairs]], 0)
         no_frame = torch.zeros(n_pairs, dtype=torch.bool, device=dev)
-        invariant = torch.cat([~g.has_frame, no_frame])
-        h = so2ops.assemble_blocks(torch.cat([diag, off[:n_pairs]], 0), torch.cat([w_node, w_pair[:n_pairs]], 0),
-                                   self.layout, z, items, batch, invariant=invariant, index=index)
+        # diagonal blocks: round k holds every atom's k-th candidate frame (assemble_blocks takes
+        # each block at most once per call; the weighted blocks of the rounds add up)
+        diag0, w0 = (diag, w_node) if g.one_frame_per_atom else (diag[g.frame_rank == 0], w_node[g.frame_rank == 0])
+        h = so2ops.assemble_blocks(torch.cat([diag0, off[:n_pairs]], 0),
+                                   torch.cat([w0, w_pair[:n_pairs]], 0), self.layout, z,
+                                   torch.cat([torch.stack([atoms, atoms], 1), pairs[:n_pairs]], 0), batch,
+                                   invariant=torch.cat([~g.has_frame, no_frame]), index=index)
+        for k in range(1, g.frame_rounds):
+            sel = g.frame_rank == k
+            fa = g.frame_atom[sel]
+            h = h + so2ops.assemble_blocks(diag[sel], w_node[sel], self.layout, z, torch.stack([fa, fa], 1), batch,
+                                           invariant=~g.has_frame[fa], index=index)
         if n_pairs:  # the reversed orientations: block (j, i), i.e. the transpose of an (i, j) estimate
             h = h + so2ops.assemble_blocks(off[n_pairs:], w_pair[n_pairs:], self.layout, z, pairs[n_pairs:], batch,
                                            invariant=no_frame, index=index)
         # + the atomic reference (invariant diagonal blocks per element)
         ref = torch.cat([self.atom_reference[elem][:, None, :],
                          x.new_zeros(n, num_coeffs(L) - 1, self.block_channels)], dim=1)
-        h = h + so2ops.assemble_blocks(ref, torch.zeros_like(w_node), self.layout, z, torch.stack([atoms, atoms], 1),
+        h = h + so2ops.assemble_blocks(ref, w_node.new_zeros(n, w_node.shape[1]), self.layout, z, torch.stack([atoms, atoms], 1),
                                        batch, invariant=torch.ones(n, dtype=torch.bool, device=dev), index=index)
         return h, index
 
     def forward(self, atomic_numbers: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """``H[n_ao, n_ao]`` (PySCF AO order, Hartree) of one molecule (the learned part, see ``predict``)."""
+        """The network output ``[n_ao, n_ao]`` (PySCF AO order, Hartree) of one molecule, a torch tensor.
+
+        Differentiable with respect to the parameters and ``positions`` (Angstrom).  It is
+        what the network learned: the full Hamiltonian for target ``full``, but only the
+        residual ``H - H_base`` for a ``core`` / ``minao`` checkpoint (``self.target``);
+        ``predict`` adds the base back and returns the full Kohn-Sham H as NumPy.
+        """
         h, index = self.forward_batch(torch.as_tensor(atomic_numbers), torch.as_tensor(positions))
         return index.unpack(h)[0]
 
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
-    def predict(self, atomic_numbers, positions_angstrom) -> np.ndarray:
-        """``H`` of one molecule as a float64 NumPy array."""
-        return self.predict_many([atomic_numbers], [positions_angstrom])[0]
+    def predict(self, atomic_numbers, positions_angstrom, charge: int = 0, full: bool = True,
+                check_domain: bool = True) -> np.ndarray:
+        """The full Kohn-Sham ``H[n_ao, n_ao]`` of one molecule: float64 NumPy, Hartree, PySCF AO order.
+
+        See :meth:`predict_many` (``charge`` matters only for a ``minao`` target).
+        """
+        return self.predict_many([atomic_numbers], [positions_angstrom], charges=[charge], full=full,
+                                 check_domain=check_domain)[0]
 
     @torch.no_grad()
-    def predict_many(self, atomic_numbers: Sequence, positions: Sequence, batch_size: int = 32) -> List[np.ndarray]:
-        """Hamiltonians of many molecules, batched."""
+    def predict_many(self, atomic_numbers: Sequence, positions: Sequence, batch_size: int = 32,
+                     charges: Optional[Sequence[int]] = None, full: bool = True,
+                     check_domain: bool = True) -> List[np.ndarray]:
+        """Full Kohn-Sham Hamiltonians of many molecules (float64 NumPy, Hartree, PySCF AO order), batched.
+
+        Args:
+            atomic_numbers: one ``[n_atoms]`` array per molecule.
+            positions: one ``[n_atoms, 3]`` array per molecule, Angstrom.
+            batch_size: molecules per forward pass.
+            charges: total charges (default 0); they matter only for the ``minao`` base.
+            full: ``True``: the full H whatever the training target: for a ``core`` /
+                ``minao`` model the base Hamiltonian (``qhnetv2.baseline``, PySCF, with the
+                checkpoint's SCF ``settings``) is added to the network output.  ``False``:
+                the network output only, as ``model(...)`` gives it.
+            check_domain: a ``qhnetv2.domain.DomainWarning`` for each molecule outside the
+                training domain recorded in the checkpoint (see :meth:`check_domain`).
+        """
+        from ..inference import full_hamiltonians
+
+        if len(atomic_numbers) != len(positions):
+            raise ValueError(f"atomic_numbers has {len(atomic_numbers)} molecules but positions has {len(positions)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if check_domain:
+            from ..inference import domain_flags
+
+            domain_flags(self, None, atomic_numbers, positions)
         dev = self.embedding.weight.device
         dtype = self.embedding.weight.dtype
         out: List[np.ndarray] = []
@@ -207,7 +274,31 @@ class QHNetV2(nn.Module):
             batch = torch.cat([torch.full((len(z),), i, dtype=torch.long) for i, z in enumerate(zs)])
             h, index = self.forward_batch(torch.cat(zs).to(dev), torch.cat(ps).to(dev), batch.to(dev))
             out.extend(m.double().cpu().numpy() for m in index.unpack(h))
-        return out
+        if not full:
+            return out
+        return full_hamiltonians(self, self.target, self.settings, atomic_numbers, positions, out, charges)
+
+    def check_domain(self, atomic_numbers, positions_angstrom, margin: Optional[float] = None,
+                     rel_margin: Optional[float] = None) -> Tuple[bool, List[str]]:
+        """``(ok, reasons)``: is the molecule inside the training domain, and if not, why.
+
+        ``reasons`` are sentences such as ``"element F not in the training set ..."`` or
+        ``"C-O distance 1.20 A below the trained range [1.35, 2.56]"`` (see
+        :mod:`qhnetv2.domain`; ``margin`` / ``rel_margin`` override the distance tolerance,
+        0.05 Angstrom / 3 %).  A model without a recorded domain (built directly, or an
+        old checkpoint) returns ``(True, [])`` and notes once that nothing was checked.
+        """
+        from .. import domain as dom
+        from ..inference import _n_ao
+
+        if self.domain is None:
+            if self.from_trained_checkpoint:  # an old checkpoint: say once that nothing is checked
+                dom.note_no_domain(self.checkpoint_path)
+            return True, []
+        z = np.asarray(atomic_numbers).reshape(-1)
+        kw = {k: v for k, v in (("margin", margin), ("rel_margin", rel_margin)) if v is not None}
+        reasons = dom.domain_reasons(self.domain, z, positions_angstrom, n_ao=_n_ao(self, z), **kw)
+        return not reasons, reasons
 
     # ------------------------------------------------------------------ atomic reference
     @torch.no_grad()
@@ -242,8 +333,21 @@ class QHNetV2(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, extra: Optional[Dict] = None) -> Dict:
+        """The checkpoint dict (``torch.save``-able, ``weights_only`` loadable).
+
+        ``extra`` starts from what the model carries (``target``, ``settings``, ``domain``,
+        when not the defaults of a model built directly), so re-saving a loaded model keeps
+        them; keys of ``extra`` override.
+        """
+        carried = {}
+        if self.target != "full":
+            carried["target"] = self.target
+        if self.settings:
+            carried["settings"] = dict(self.settings)
+        if self.domain is not None:
+            carried["domain"] = self.domain
         return {"format": CHECKPOINT_FORMAT, "version": 1, "config": self.config.to_dict(),
-                "layout": self.layout.to_dict(), "state_dict": self.state_dict(), "extra": extra or {},
+                "layout": self.layout.to_dict(), "state_dict": self.state_dict(), "extra": {**carried, **(extra or {})},
                 "dtype": str(self.embedding.weight.dtype).replace("torch.", "")}
 
     def save(self, path: str, extra: Optional[Dict] = None) -> None:
@@ -266,12 +370,36 @@ class QHNetV2(nn.Module):
             model.load_state_dict(ckpt["state_dict"])
         except RuntimeError as exc:
             raise ValueError(f"checkpoint weights do not fit its own configuration: {exc}") from None
+        model._take_training_info(ckpt.get("extra") or {})
         return model
+
+    def _take_training_info(self, extra: Dict) -> None:
+        """``target``, ``settings`` and ``domain`` from a checkpoint's ``extra``."""
+        import warnings
+
+        from ..baseline import check_target
+        from ..domain import check_domain_record
+
+        self.target = check_target(extra.get("target") or "full")
+        self.settings = dict(extra.get("settings") or extra.get("scf_settings") or {}) or None
+        domain = extra.get("domain")
+        if domain is not None:
+            try:
+                domain = check_domain_record(domain)
+            except ValueError as exc:  # predictions still work; only the check is lost
+                warnings.warn(f"checkpoint: ignoring its training domain: {exc}", stacklevel=3)
+                domain = None
+        self.domain = domain
+        self.from_trained_checkpoint = True
 
     @classmethod
     def load(cls, path: str, map_location="cpu") -> "QHNetV2":
-        """A trained model from a checkpoint file (basis, elements, sizes and weights)."""
-        return cls.from_checkpoint(load_checkpoint(path, map_location))
+        """A trained model from a checkpoint file: basis, elements, sizes, weights, and
+        ``target``, ``settings``, ``domain`` (so ``predict`` returns the full H, checked
+        against the training domain)."""
+        model = cls.from_checkpoint(load_checkpoint(path, map_location))
+        model.checkpoint_path = str(path)
+        return model
 
     @classmethod
     def from_preset(cls, name: str, basis: str = "def2-svp", elements: Sequence[int] = (1, 6, 7, 8, 9),
