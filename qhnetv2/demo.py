@@ -78,34 +78,66 @@ def _plot_scf(per: List[Dict[str, Any]], path: str) -> str:
 
 
 def format_table(res: Dict[str, Any]) -> str:
-    m, s = res["metrics"], res["scf"]
+    """The demo's summary table.  Rows whose numbers are missing (a ``demo.json``
+    written before a metric existed, a failed SCF) print ``n/a``."""
+    m = res.get("metrics") or {}
+    s = res.get("scf") or {}
+
+    def num(value, fmt: str, scale: float = 1.0) -> str:
+        if value is None or value != value:  # missing, null in JSON, or NaN
+            return f"{'n/a':>14s}"
+        return format(float(value) * scale, fmt)
+
+    def row(label: str, value, fmt: str = "14.1f", scale: float = 1.0) -> str:
+        return f"  {label:44s} {num(value, fmt, scale)}"
+
+    def flag(ok) -> str:
+        return f"{'n/a' if ok is None else ('yes' if ok else 'NO'):>14s}"
+
     lines = [
-        f"QHNetV2 demo: {res['n_train']} train / {res['n_valid']} valid / {res['n_test']} held-out geometries "
-        f"({res['recipe']}), {res['steps']} training steps, target {res['target']}",
+        f"QHNetV2 demo: {res.get('n_train', '?')} train / {res.get('n_valid', '?')} valid / "
+        f"{res.get('n_test', '?')} held-out geometries ({res.get('recipe', '?')}), {res.get('steps', '?')} "
+        f"training steps, target {res.get('target', '?')}",
         "",
         f"  {'metric (held-out geometries)':44s} {'value':>14s}",
         f"  {'-' * 44} {'-' * 14}",
-        f"  {'Hamiltonian MAE (uEh)':44s} {m['hamiltonian_mae_uEh']:14.1f}",
-        f"  {'  diagonal blocks (uEh)':44s} {m['hamiltonian_diagonal_mae_uEh']:14.1f}",
-        f"  {'  off-diagonal blocks (uEh)':44s} {m['hamiltonian_off_diagonal_mae_uEh']:14.1f}",
-        f"  {'occupied orbital-energy MAE (uEh)':44s} {m['orbital_energy_mae_uEh']:14.1f}",
-        f"  {'occupied coefficient similarity (%)':44s} {m['orbital_coefficient_similarity_percent']:14.2f}",
-        f"  {'mean SCF cycles from the model':44s} {s['mean_cycles_pred']:14.2f}",
-        f"  {'mean SCF cycles from PySCF minao':44s} {s['mean_cycles_minao']:14.2f}",
+        row("Hamiltonian MAE (uEh)", m.get("hamiltonian_mae_uEh")),
+        row("  diagonal blocks (uEh)", m.get("hamiltonian_diagonal_mae_uEh")),
+        row("  off-diagonal blocks (uEh)", m.get("hamiltonian_off_diagonal_mae_uEh")),
+        row("occupied orbital-energy MAE (uEh)", m.get("orbital_energy_mae_uEh")),
+        row("occupied coefficient similarity (%)", m.get("orbital_coefficient_similarity_percent"), "14.2f"),
+        # the spectrum beyond the occupied orbitals: a spurious low virtual orbital shows here
+        row("lowest-10 virtual orbital-energy MAE (uEh)", m.get("virtual_orbital_energy_mae_uEh")),
+        row("LUMO energy error, mean (eV)", m.get("lumo_error_eV"), "14.3f"),
+        row("HOMO-LUMO gap error, mean (eV)", m.get("gap_error_eV"), "14.3f"),
+        row("HOMO-LUMO gap error, max (eV)", m.get("gap_error_max_eV"), "14.3f"),
+        row("worst orbital-energy error, max (eV)", m.get("max_orbital_energy_error_max_eV"), "14.3f"),
+        # non-self-consistent energy / dipole of the predicted density, labels' functional
+        row("energy error E[D(H_pred)]-E_ref, mean (mEh)", m.get("energy_error_uEh"), "14.3f", 1e-3),
+        row("|energy error|, mean (mEh)", m.get("energy_abs_error_uEh"), "14.3f", 1e-3),
+        row("dipole error, mean (Debye)", m.get("dipole_error_D"), "14.3f"),
+        row("mean SCF cycles from the model", s.get("mean_cycles_pred"), "14.2f"),
+        row("mean SCF cycles from PySCF minao", s.get("mean_cycles_minao"), "14.2f"),
     ]
     if res.get("base_cycles") is not None:
-        lines.append(f"  {'mean SCF cycles from the base F[minao] alone':44s} {res['base_cycles']:14.2f}")
+        lines.append(row("mean SCF cycles from the base F[minao] alone", res["base_cycles"], "14.2f"))
+    tol = s.get("energy_tol")
+    n_above, n_err = s.get("n_energy_diff_above_tol"), s.get("n_errors")
+    equal = None if n_above is None else (n_above == 0 and not n_err)
+    cp, cm = s.get("mean_cycles_pred"), s.get("mean_cycles_minao")
     lines += [
-        f"  {'cycles model / minao (mean ratio)':44s} {s['ratio_pred_over_minao']:14.3f}",
-        f"  {'max |E(model) - E(minao)| (Eh)':44s} {s['max_abs_energy_diff_pred_vs_minao']:14.2e}",
-        f"  {'final energies equal (< %.0e Eh)' % s['energy_tol']:44s} "
-        f"{'yes' if s['n_energy_diff_above_tol'] == 0 and not s['n_errors'] else 'NO':>14s}",
+        row("cycles model / minao (mean ratio)", s.get("ratio_pred_over_minao"), "14.3f"),
+        row("max |E(model) - E(minao)| (Eh)", s.get("max_abs_energy_diff_pred_vs_minao"), "14.2e"),
+        f"  {('final energies equal (< %.0e Eh)' % tol) if tol is not None else 'final energies equal':44s} "
+        f"{flag(equal)}",
         f"  {'model helps (fewer cycles than minao)':44s} "
-        f"{'yes' if s['mean_cycles_pred'] < s['mean_cycles_minao'] else 'NO':>14s}",
-        "",
-        f"wall time {res['wall_s']:.0f} s (labelling {res['timings']['label_s']:.0f} s, training "
-        f"{res['timings']['train_s']:.0f} s, evaluation + SCF {res['timings']['evaluate_s']:.0f} s) on {res['device']}",
+        f"{flag(None if cp is None or cm is None else cp < cm)}",
     ]
+    t = res.get("timings") or {}
+    if "wall_s" in res:
+        lines += ["", f"wall time {res['wall_s']:.0f} s (labelling {t.get('label_s', float('nan')):.0f} s, training "
+                      f"{t.get('train_s', float('nan')):.0f} s, evaluation + SCF {t.get('evaluate_s', float('nan')):.0f} s) "
+                      f"on {res.get('device', '?')}"]
     return "\n".join(lines)
 
 
