@@ -359,6 +359,9 @@ class QHNetV2(nn.Module):
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not a qhnetv2 checkpoint (missing format tag)")
         cfg = dict(ckpt["config"])
+        # written before these keys existed: the model it was trained as (per-degree norm;
+        # its node_frame is always saved)
+        cfg.setdefault("norm", "separate")
         layout = BasisLayout.from_dict(ckpt["layout"])
         basis, elements = cfg.pop("basis"), cfg.pop("elements")
         model = cls(basis=basis, elements=elements, layout=layout, **cfg)

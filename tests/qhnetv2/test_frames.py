@@ -210,3 +210,14 @@ def test_position_gradients_finite_at_ties():
     p0 = torch.tensor(_water()[1], requires_grad=True)
     energy_like(p0).backward()
     assert torch.isfinite(p0.grad).all()
+
+
+def test_old_checkpoint_keeps_its_frame_and_norm(tmp_path):
+    """A checkpoint saved before frame averaging (config without ``norm``) loads as it was trained."""
+    model = _untrained("tiny", elements=[1, 8], node_frame="nearest", norm="separate")
+    ckpt = model.checkpoint()
+    del ckpt["config"]["norm"], ckpt["config"]["frame_window"]
+    loaded = QHNetV2.from_checkpoint(ckpt).double()
+    assert loaded.config.node_frame == "nearest" and loaded.config.norm == "separate"
+    z, pos = _water()
+    np.testing.assert_array_equal(loaded.predict(z, pos, check_domain=False), model.predict(z, pos, check_domain=False))
