@@ -27,6 +27,9 @@ class Batch:
         hamiltonian: float64 ``[T]`` the true H (PySCF AO order, Hartree).
         base: float64 ``[T]`` the base Hamiltonian, or None (``target: full``).
         overlap: B float64 matrices ``[n_ao, n_ao]``.
+        eigvecs: B float64 matrices ``[n_ao, k]``, the label's generalised eigenvectors
+            (``C^T S C = I``, ascending; for the eigenbasis loss), or empty;
+        eigvals: B float64 ``[k]`` their orbital energies (kept on the CPU), or empty.
     """
 
     ids: List[str]
@@ -41,21 +44,30 @@ class Batch:
     hamiltonian: torch.Tensor
     base: Optional[torch.Tensor]
     overlap: List[torch.Tensor] = field(default_factory=list)
+    eigvecs: List[torch.Tensor] = field(default_factory=list)
+    eigvals: List[torch.Tensor] = field(default_factory=list)
 
     @property
     def num_molecules(self) -> int:
         return len(self.ids)
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "Batch":
-        """Model inputs and ``target`` moved to ``device`` and cast to ``dtype``;
-        the float64 reference matrices stay on the CPU (for the metrics)."""
+        """Model inputs and ``target`` moved to ``device`` and cast to ``dtype``; ``eigvecs`` (if any:
+        only when the eigenbasis loss is on) moved to ``device`` in float64; the other float64
+        reference matrices stay on the CPU (for the metrics)."""
         return Batch(self.ids, self.atomic_numbers.to(device), self.positions.to(device=device, dtype=dtype),
                      self.batch.to(device), self.n_atoms, self.n_ao, self.n_occ, self.offsets,
-                     self.target.to(device=device, dtype=dtype), self.hamiltonian, self.base, self.overlap)
+                     self.target.to(device=device, dtype=dtype), self.hamiltonian, self.base, self.overlap,
+                     [c.to(device) for c in self.eigvecs], self.eigvals)
 
     def unpack(self, flat: torch.Tensor) -> List[torch.Tensor]:
         """Per-molecule ``[n_ao, n_ao]`` views of a flat ``[T]`` buffer."""
         return [flat[o : o + n * n].view(n, n) for o, n in zip(self.offsets.tolist(), self.n_ao.tolist())]
+
+
+def n_occupied(record: Dict) -> int:
+    """Doubly occupied orbitals of a closed-shell record: (sum Z - charge) // 2."""
+    return (int(torch.as_tensor(record["atomic_numbers"]).long().sum()) - _charge(record)) // 2
 
 
 def _charge(record: Dict) -> int:
@@ -76,8 +88,9 @@ def collate(records: Sequence[Dict], dtype: torch.dtype = torch.float64) -> Batc
     Each record needs ``atomic_numbers [n]``, ``positions [n, 3]``,
     ``hamiltonian`` and ``overlap [n_ao, n_ao]`` and ``id``; if it has
     ``base_hamiltonian [n_ao, n_ao]`` (see ``qhnetv2.training.data.ResidualDataset``)
-    the target is ``hamiltonian - base_hamiltonian``.  ``positions`` and
-    ``target`` are cast to ``dtype``.
+    the target is ``hamiltonian - base_hamiltonian``; ``label_eigenvectors [n_ao, k]``
+    and ``label_orbital_energies [k]`` (same dataset, with an ``EigenCache``) become
+    ``eigvecs``/``eigvals``.  ``positions`` and ``target`` are cast to ``dtype``.
     """
     if not records:
         raise ValueError("collate: empty batch")
@@ -95,6 +108,16 @@ def collate(records: Sequence[Dict], dtype: torch.dtype = torch.float64) -> Batc
     sq = n_ao * n_ao
     offsets = torch.cumsum(sq, 0) - sq
     n_occ = torch.tensor([(int(z.sum()) - _charge(r)) // 2 for r, z in zip(records, zs)], dtype=torch.long)
+    has_eig = ["label_eigenvectors" in r and r["label_eigenvectors"] is not None for r in records]
+    if any(has_eig) and not all(has_eig):
+        raise ValueError("collate: some records have label_eigenvectors and some do not")
+    eigvecs = [torch.as_tensor(r["label_eigenvectors"], dtype=torch.float64) for r in records] if all(has_eig) else []
+    eigvals = [torch.as_tensor(r["label_orbital_energies"], dtype=torch.float64).reshape(-1)
+               for r in records] if all(has_eig) else []
+    for c, h, r in zip(eigvecs, hs, records):
+        if c.dim() != 2 or c.shape[0] != h.shape[0]:
+            raise ValueError(f"collate: molecule {r.get('id')}: label_eigenvectors {list(c.shape)} "
+                             f"do not fit hamiltonian {list(h.shape)}")
     h_flat = torch.cat([h.reshape(-1) for h in hs])
     base = None
     if all(has_base):
@@ -112,4 +135,5 @@ def collate(records: Sequence[Dict], dtype: torch.dtype = torch.float64) -> Batc
         n_atoms=n_atoms, n_ao=n_ao, n_occ=n_occ, offsets=offsets,
         target=target.to(dtype), hamiltonian=h_flat, base=base,
         overlap=[torch.as_tensor(r["overlap"], dtype=torch.float64) for r in records],
+        eigvecs=eigvecs, eigvals=eigvals,
     )

@@ -36,8 +36,25 @@ class TrainConfig:
     ``model``: dict with ``preset`` (a ``qhnetv2.model.PRESETS`` name), ``basis``
     (None: the dataset's), ``elements`` (None: those of the train+valid sets)
     and any ``ModelConfig`` field as an override.
-    ``loss``: weights ``{"mae": a, "mse": b}`` of ``a * MAE + b * MSE`` over all
-    Hamiltonian entries of the global batch (QHNet's loss).
+    ``loss``: ``{mae: a, mse: b, eigen: c, eigen_mse: d, n_virtual: k, w_rest: r}``:
+    ``a * MAE + b * MSE`` over all Hamiltonian entries of the global batch (QHNet's
+    loss) plus ``c * weighted-mean |M| + d * weighted-mean M^2`` of the error in the
+    label's orbital basis, ``M = C^T (H_pred - H_true) C`` with the label's generalised
+    eigenvectors ``C`` (``qhnetv2.training.eigenbasis_loss``; it controls orbital
+    energies and the HOMO-LUMO gap, which the entry-wise loss does not).  Orbital
+    weights: 1 for the occupied orbitals and the lowest ``n_virtual`` virtuals,
+    ``w_rest`` for the others (0: those are ignored and not cached -- but then an
+    error in the high-virtual block, which is what pulls a spurious orbital below
+    the LUMO, goes unpenalised; measured, it does).  Omitted weights are 0
+    (``{mae: 1}`` is a pure MAE); ``n_virtual`` defaults to 4 and ``w_rest`` to 0.3.
+    With ``c`` or ``d`` > 0, ``C`` is computed once per training molecule (scipy,
+    float64) into ``RUN/eigen_cache/`` (``n_ao + 1`` by ``n_ao`` float64 per
+    molecule with ``w_rest`` > 0, like the base cache).  The ``tiny`` preset uses
+    ``eigen: 0.1`` (see docs/model.md, "Training loss", for the measurement).
+    ``val_orbitals``: validation computes orbital metrics (occupied orbital energies and
+    coefficients, LUMO, HOMO-LUMO gap, lowest virtuals, worst orbital; ``qhnetv2.metrics``);
+    ``val_density``: also the energy and dipole of the predicted density with the labels'
+    functional (PySCF, two Fock builds per validation molecule).
     ``lr_decay``: ``cosine`` or ``linear`` from ``lr`` (after ``warmup_steps``
     of linear warm-up) down to ``lr * lr_floor`` at ``max_steps``.
     ``readout_init_scale``: multiply the model's final readout weights by this at the
@@ -64,10 +81,11 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: Optional[int] = None  # None: at every validation
     seed: int = 0
-    loss: Dict[str, float] = field(default_factory=lambda: {"mae": 1.0, "mse": 1.0})
+    loss: Dict[str, Any] = field(default_factory=lambda: {"mae": 1.0, "mse": 1.0})
     num_workers: int = 0
     bucket: bool = True
     val_orbitals: bool = True
+    val_density: bool = False  # + energy and dipole of the predicted density (2 Fock builds per molecule)
     val_max_molecules: Optional[int] = None
     atom_reference_molecules: int = 2000
     readout_init_scale: Optional[float] = None
@@ -121,15 +139,13 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0 or null, got {self.grad_clip!r}")
         self.lr, self.lr_floor, self.ema_decay = float(self.lr), float(self.lr_floor), float(self.ema_decay)
         self.weight_decay = float(self.weight_decay)
-        if not isinstance(self.loss, dict):
-            raise ValueError(f"loss: expected a mapping like {{mae: 1.0, mse: 1.0}}, got {self.loss!r}")
-        unknown = sorted(set(self.loss) - {"mae", "mse"})
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in loss; expected mae, mse")
-        self.loss = {"mae": float(self.loss.get("mae", 0.0)), "mse": float(self.loss.get("mse", 0.0))}
-        if self.loss["mae"] < 0 or self.loss["mse"] < 0 or self.loss["mae"] + self.loss["mse"] <= 0:
-            raise ValueError(f"loss weights must be >= 0 and not both 0, got {self.loss}")
+        self.loss = normalize_loss(self.loss)
         return self
+
+    @property
+    def eigen_loss(self) -> bool:
+        """Whether the eigenbasis loss term is on (``loss.eigen`` or ``loss.eigen_mse`` > 0)."""
+        return self.loss["eigen"] > 0 or self.loss["eigen_mse"] > 0
 
     # ------------------------------------------------------------------ model
     def model_overrides(self) -> Dict[str, Any]:
@@ -148,6 +164,33 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {unknown}; expected some of {sorted(names)}")
         return cls(**d)
+
+
+#: weights of the loss terms (``loss`` section), 0 when omitted
+LOSS_WEIGHTS = ("mae", "mse", "eigen", "eigen_mse")
+
+
+def normalize_loss(loss: Any) -> Dict[str, Any]:
+    """The ``loss`` section checked and with every key filled in (see :class:`TrainConfig`)."""
+    from .eigenbasis_loss import DEFAULT_N_VIRTUAL, DEFAULT_W_REST
+
+    if not isinstance(loss, dict):
+        raise ValueError(f"loss: expected a mapping like {{mae: 1.0, mse: 1.0}}, got {loss!r}")
+    keys = LOSS_WEIGHTS + ("n_virtual", "w_rest")
+    unknown = sorted(set(loss) - set(keys))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in loss; expected some of {', '.join(keys)}")
+    out: Dict[str, Any] = {k: float(loss.get(k, 0.0)) for k in LOSS_WEIGHTS}
+    if any(not v >= 0 for v in out.values()) or sum(out.values()) <= 0:
+        raise ValueError(f"loss weights must be >= 0 and not all 0, got {out}")
+    n_virtual = loss.get("n_virtual", DEFAULT_N_VIRTUAL)
+    if isinstance(n_virtual, bool) or int(n_virtual) != n_virtual or int(n_virtual) < 0:
+        raise ValueError(f"loss.n_virtual must be an integer >= 0, got {n_virtual!r}")
+    out["n_virtual"] = int(n_virtual)
+    out["w_rest"] = float(loss.get("w_rest", DEFAULT_W_REST))
+    if not out["w_rest"] >= 0:
+        raise ValueError(f"loss.w_rest must be >= 0, got {loss.get('w_rest')!r}")
+    return out
 
 
 def _check_model_section(model: Dict[str, Any]) -> None:

@@ -3,7 +3,10 @@
 ``ResidualDataset(dataset, cache)`` adds ``base_hamiltonian [n_ao, n_ao]``
 (float64, PySCF order) to every item, read from (or computed into) a
 ``qhnetv2.baseline.BaseCache``; :func:`qhnetv2.training.collate` then uses
-``hamiltonian - base_hamiltonian`` as the target.
+``hamiltonian - base_hamiltonian`` as the target.  With an ``eigen`` cache
+(:class:`qhnetv2.training.eigenbasis_loss.EigenCache`, for the eigenbasis loss)
+it also adds the label's generalised eigenpairs ``label_orbital_energies [k]``
+and ``label_eigenvectors [n_ao, k]`` (float64), computed once per molecule.
 """
 from __future__ import annotations
 
@@ -29,13 +32,14 @@ def cache_key(mol_id: str) -> str:
 
 
 class ResidualDataset(torch.utils.data.Dataset):
-    """``dataset[i]`` plus ``base_hamiltonian`` from ``cache`` (a ``BaseCache``), or unchanged if cache is None.
+    """``dataset[i]`` plus ``base_hamiltonian`` from ``cache`` (a ``BaseCache``), or unchanged if cache is None;
+    plus ``label_orbital_energies``/``label_eigenvectors`` from ``eigen`` (an ``EigenCache``) if given.
 
-    ``write=False`` computes missing bases without writing them (ranks > 0).
+    ``write=False`` computes missing bases and eigenvectors without writing them (ranks > 0).
     """
 
-    def __init__(self, dataset, cache=None, write: bool = True):
-        self.dataset, self.cache, self.write = dataset, cache, write
+    def __init__(self, dataset, cache=None, write: bool = True, eigen=None):
+        self.dataset, self.cache, self.write, self.eigen = dataset, cache, write, eigen
 
     @property
     def ids(self) -> List[str]:
@@ -63,6 +67,13 @@ class ResidualDataset(torch.utils.data.Dataset):
                          item["positions"].double().numpy())
         if base is not None:
             item["base_hamiltonian"] = torch.as_tensor(base, dtype=torch.float64)
+        if self.eigen is not None:
+            from .collate import n_occupied
+
+            e, c = self.eigen.get(cache_key(item["id"]), item["hamiltonian"].double().numpy(),
+                                  item["overlap"].double().numpy(), n_occupied(item), write=self.write)
+            item["label_orbital_energies"] = torch.as_tensor(e, dtype=torch.float64)
+            item["label_eigenvectors"] = torch.as_tensor(c, dtype=torch.float64)
         return item
 
 

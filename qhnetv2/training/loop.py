@@ -3,13 +3,16 @@
 One optimizer step = one global batch of ``config.batch_size`` molecules
 (split over the torchrun ranks).  Loss: ``w_mae * MAE + w_mse * MSE`` over all
 Hamiltonian entries of the global batch (of ``H - H_base`` for residual
-targets).  Each rank's loss is its share of the global sum divided by the
-global entry count, times the world size, so after DDP's gradient averaging
-the step is exactly that of one process on the whole batch.
+targets), plus, with ``loss.eigen``/``loss.eigen_mse`` > 0, the eigenbasis term
+of ``qhnetv2.training.eigenbasis_loss`` (weighted mean over the global batch of
+the error in the label's orbital basis).  Each rank's loss is its share of the
+global sums divided by the global entry count (eigenbasis term: the global sum
+of its weights), times the world size, so after DDP's gradient averaging the
+step is exactly that of one process on the whole batch.
 
 Run folder: ``checkpoints/{best,last}.pt``, ``log.csv``, ``tb/`` (TensorBoard,
 if installed), ``learning_curve.png``, ``config.yaml``, ``base_cache/``
-(residual targets), ``summary.json``.
+(residual targets), ``eigen_cache/`` (eigenbasis loss), ``summary.json``.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from .sampler import BucketBatchSampler
 from .schedule import make_scheduler
 from .validate import validate
 
-_COMPAT_KEYS = ("model", "target", "dtype", "batch_size", "seed", "bucket")
+_COMPAT_KEYS = ("model", "target", "dtype", "batch_size", "seed", "bucket", "loss")
 
 
 class _BatchForward(nn.Module):
@@ -82,12 +85,15 @@ def _discard(records) -> None:
 
 
 def _precompute_bases(dataset, num_workers: int, progress: bool) -> None:
-    """Fill the base-Hamiltonian cache (rank 0), in DataLoader workers when ``num_workers`` > 0."""
+    """Fill the base-Hamiltonian cache and the label-eigenvector cache (those the dataset has; rank 0),
+    in DataLoader workers when ``num_workers`` > 0."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=_discard)
     it = loader
     if progress:
         from tqdm import tqdm
-        it = tqdm(loader, total=len(dataset), desc=f"base H ({dataset.cache.kind})", unit="mol", leave=False)
+        what = ([f"base H ({dataset.cache.kind})"] if dataset.cache is not None else []) + \
+            (["label C"] if dataset.eigen is not None else [])
+        it = tqdm(loader, total=len(dataset), desc=" + ".join(what), unit="mol", leave=False)
     for _ in it:
         pass
 
@@ -113,6 +119,7 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
     """
     from qhnetv2.baseline import BaseCache
     from qhnetv2.data import HamiltonianDataset
+    from qhnetv2.domain import training_domain
 
     from .data import ResidualDataset, atomic_numbers_of, dataset_settings, molecule_sizes
 
@@ -134,9 +141,13 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
         ckpt = load_training_checkpoint(last_path)
         old = ckpt["extra"]["train_config"]
         for key in _COMPAT_KEYS:
-            if old.get(key) != config.to_dict()[key]:
+            was = old.get(key)
+            if key == "loss" and isinstance(was, dict):  # runs from before the eigenbasis keys
+                from .config import normalize_loss
+                was = normalize_loss(was)
+            if was != config.to_dict()[key]:
                 raise ValueError(f"--resume: {key} differs from the run in {run_dir} "
-                                 f"({old.get(key)!r} there, {config.to_dict()[key]!r} now)")
+                                 f"({was!r} there, {config.to_dict()[key]!r} now)")
     elif not resume and os.path.exists(last_path):
         raise FileExistsError(f"{run_dir} already holds a run (checkpoints/last.pt); "
                               f"use --resume to continue it or choose another --out")
@@ -165,12 +176,18 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
     if config.target != "full":
         cache = BaseCache(os.path.join(run_dir, "base_cache"), config.target, settings) if is_main else \
             _ReadOnlyCache(os.path.join(run_dir, "base_cache"), config.target, settings)
-    train_ds = ResidualDataset(train_raw, cache, write=is_main)
+    eigen = None
+    if config.eigen_loss:  # the label's eigenvectors, training molecules only (validation does not need them)
+        from .eigenbasis_loss import EigenCache
+        eigen = EigenCache(os.path.join(run_dir, "eigen_cache"), config.loss["n_virtual"],
+                           all_columns=config.loss["w_rest"] > 0)
+    train_ds = ResidualDataset(train_raw, cache, write=is_main, eigen=eigen)
     valid_ds = ResidualDataset(valid_raw, cache, write=is_main)
     if is_main:
         os.makedirs(ckdir, exist_ok=True)
-        if cache is not None:
+        if cache is not None or eigen is not None:
             _precompute_bases(train_ds, config.num_workers, progress)
+        if cache is not None:
             _precompute_bases(valid_ds, config.num_workers, progress)
     ddp.barrier()
 
@@ -217,26 +234,36 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
     if is_main:
         _write_yaml(os.path.join(run_dir, "config.yaml"), config.to_dict())
         log = RunLog(run_dir, resume_step=step if ckpt is not None else None)
+    # what the model saw (elements, distances, bonding environments, sizes): predict/evaluate flag
+    # molecules outside it (qhnetv2.domain); positions only, rank 0 writes the checkpoints
+    domain = training_domain(train_raw, model.config.cutoff, model.layout, train_z) if is_main else None
     base_extra = {"target": config.target, "settings": settings, "scf_settings": settings, "basis": basis,
+                  "domain": domain,
                   "train_config": config.to_dict(), "data_dir": os.path.abspath(data_dir),
                   "split_file": os.path.abspath(split_file)}
     has_val = len(valid_ds) > 0
     ck_every = config.checkpoint_every or config.val_every
     w_mae, w_mse = config.loss["mae"], config.loss["mse"]
+    w_eig, w_eig_sq = config.loss["eigen"], config.loss["eigen_mse"]
+    use_eigen = config.eigen_loss
+    from .eigenbasis_loss import batch_eigenbasis_sums
     bar = None
     if is_main and progress and step < config.max_steps:
         from tqdm import tqdm
         bar = tqdm(total=config.max_steps, initial=step, unit="step", desc="training", dynamic_ncols=True)
     final_val: Dict[str, float] = {}
     t_loop, steps_done = time.time(), 0
-    acc = torch.zeros(3, dtype=torch.float64)  # loss sum, abs-error sum, entries since the last log
+    # entry loss sum, abs-error sum, entries, eigenbasis loss sum, eigenbasis weight sum (since the last log)
+    acc = torch.zeros(5, dtype=torch.float64)
 
     def run_validation() -> Dict[str, float]:
         batches = (b for b in val_loader) if val_loader is not None else iter(())
         if ema.enabled:
             with ema.applied():
-                return validate(model, batches, device, dtype, config.val_orbitals)
-        return validate(model, batches, device, dtype, config.val_orbitals)
+                return validate(model, batches, device, dtype, config.val_orbitals,
+                                density=config.val_density, settings=settings)
+        return validate(model, batches, device, dtype, config.val_orbitals,
+                        density=config.val_density, settings=settings)
 
     def save_last(at_step: int) -> None:
         extra = dict(base_extra, step=at_step, best_val_mae=best_val, best_step=best_step,
@@ -250,10 +277,17 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
         pred = net(b.atomic_numbers, b.positions, b.batch)
         err = pred - b.target
         abs_sum, sq_sum = err.abs().sum(), err.pow(2).sum()
-        stats = torch.tensor([float(w_mae * abs_sum.detach() + w_mse * sq_sum.detach()), float(abs_sum.detach()), err.numel()],
+        eig_sum, eig_weight = None, 0.0
+        if use_eigen:
+            e_abs, e_sq, eig_weight = batch_eigenbasis_sums(err, b, config.loss["n_virtual"], config.loss["w_rest"])
+            eig_sum = w_eig * e_abs + w_eig_sq * e_sq  # float64 (see eigenbasis_loss)
+        stats = torch.tensor([float(w_mae * abs_sum.detach() + w_mse * sq_sum.detach()), float(abs_sum.detach()),
+                              err.numel(), float(eig_sum.detach()) if eig_sum is not None else 0.0, eig_weight],
                              dtype=torch.float64)
         ddp.all_reduce_sum(stats)
         loss = (w_mae * abs_sum + w_mse * sq_sum) * (world / stats[2].item())
+        if eig_sum is not None:
+            loss = loss + (eig_sum * (world / stats[4].item())).to(loss.dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip
@@ -266,14 +300,15 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
         acc += stats
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{stats[0].item() / stats[2].item():.3g}",
+            bar.set_postfix(loss=f"{_total_loss(stats):.3g}",
                             mae_uEh=f"{stats[1].item() / stats[2].item() * 1e6:.0f}", refresh=False)
         last_step = step >= config.max_steps
         row: Optional[Dict[str, Any]] = None
         if step % config.log_every == 0 or last_step:
             elapsed = time.time() - t_loop
             row = {"step": step, "epoch": (step - 1) // sampler.batches_per_epoch, "lr": scheduler.get_last_lr()[0],
-                   "loss": acc[0].item() / acc[2].item(), "train_mae_uEh": acc[1].item() / acc[2].item() * 1e6,
+                   "loss": _total_loss(acc), "train_mae_uEh": acc[1].item() / acc[2].item() * 1e6,
+                   "loss_eigen": acc[3].item() / acc[4].item() if use_eigen else None,
                    "grad_norm": float(grad_norm), "steps_per_s": steps_done / elapsed if elapsed > 0 else None,
                    "wall_s": time.time() - t_start}
             acc.zero_()
@@ -288,7 +323,15 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
                            val_diag_mae_uEh=micro.get("hamiltonian_diagonal_mae_uEh"),
                            val_offdiag_mae_uEh=micro.get("hamiltonian_off_diagonal_mae_uEh"),
                            val_orbital_energy_mae_uEh=micro.get("orbital_energy_mae_uEh"),
-                           val_coef_similarity_percent=micro.get("orbital_coefficient_similarity_percent"))
+                           val_coef_similarity_percent=micro.get("orbital_coefficient_similarity_percent"),
+                           val_virtual_mae_uEh=micro.get("virtual_orbital_energy_mae_uEh"),
+                           val_lumo_error_eV=micro.get("lumo_error_eV"),
+                           val_gap_error_eV=micro.get("gap_error_eV"),
+                           val_gap_error_max_eV=micro.get("gap_error_max_eV"),
+                           val_max_orbital_error_eV=micro.get("max_orbital_energy_error_max_eV"),
+                           val_energy_error_uEh=micro.get("energy_error_uEh"),
+                           val_energy_abs_error_uEh=micro.get("energy_abs_error_uEh"),
+                           val_dipole_error_D=micro.get("dipole_error_D"))
             if final_val["hamiltonian_mae"] < best_val:
                 best_val, best_step = final_val["hamiltonian_mae"], step
                 if is_main:
@@ -330,6 +373,12 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
         from qhnetv2.data.split import write_json_atomic
         write_json_atomic(os.path.join(run_dir, "summary.json"), _jsonable(summary))
     return summary
+
+
+def _total_loss(stats: torch.Tensor) -> float:
+    """The loss (entry-wise + eigenbasis term) pooled over the steps summed in ``stats``."""
+    out = stats[0].item() / stats[2].item()
+    return out + stats[3].item() / stats[4].item() if stats[4].item() > 0 else out
 
 
 class _ReadOnlyCache:
