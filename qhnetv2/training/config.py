@@ -36,7 +36,7 @@ class TrainConfig:
     ``model``: dict with ``preset`` (a ``qhnetv2.model.PRESETS`` name), ``basis``
     (None: the dataset's), ``elements`` (None: those of the train+valid sets)
     and any ``ModelConfig`` field as an override.
-    ``loss``: ``{mae: a, mse: b, eigen: c, eigen_mse: d, n_virtual: k, w_rest: r}``:
+    ``loss``: ``{mae: a, mse: b, eigen: c, eigen_mse: d, orbital: o, n_virtual: k, w_rest: r}``:
     ``a * MAE + b * MSE`` over all Hamiltonian entries of the global batch (QHNet's
     loss) plus ``c * weighted-mean |M| + d * weighted-mean M^2`` of the error in the
     label's orbital basis, ``M = C^T (H_pred - H_true) C`` with the label's generalised
@@ -47,6 +47,10 @@ class TrainConfig:
     error in the high-virtual block, which is what pulls a spurious orbital below
     the LUMO, goes unpenalised; measured, it does).  Omitted weights are 0
     (``{mae: 1}`` is a pure MAE); ``n_virtual`` defaults to 4 and ``w_rest`` to 0.3.
+    ``o * mean |e_pred - e_true|`` over the occupied orbitals and the lowest ``n_virtual``
+    virtuals: the predicted orbital energies themselves, exactly, as the eigenvalues of
+    ``diag(e) + M`` (needs all columns of ``C``, which are then cached); it sees a
+    spurious orbital below the LUMO directly (``eigenbasis_loss.orbital_energy_sums``).
     With ``c`` or ``d`` > 0, ``C`` is computed once per training molecule (scipy,
     float64) into ``RUN/eigen_cache/`` (``n_ao + 1`` by ``n_ao`` float64 per
     molecule with ``w_rest`` > 0, like the base cache).  The ``tiny`` preset uses
@@ -145,7 +149,7 @@ class TrainConfig:
     @property
     def eigen_loss(self) -> bool:
         """Whether the eigenbasis loss term is on (``loss.eigen`` or ``loss.eigen_mse`` > 0)."""
-        return self.loss["eigen"] > 0 or self.loss["eigen_mse"] > 0
+        return self.loss["eigen"] > 0 or self.loss["eigen_mse"] > 0 or self.loss["orbital"] > 0
 
     # ------------------------------------------------------------------ model
     def model_overrides(self) -> Dict[str, Any]:
@@ -167,7 +171,7 @@ class TrainConfig:
 
 
 #: weights of the loss terms (``loss`` section), 0 when omitted
-LOSS_WEIGHTS = ("mae", "mse", "eigen", "eigen_mse")
+LOSS_WEIGHTS = ("mae", "mse", "eigen", "eigen_mse", "orbital")
 
 
 def normalize_loss(loss: Any) -> Dict[str, Any]:

@@ -206,3 +206,57 @@ def batch_eigenbasis_sums(err_flat: torch.Tensor, batch, n_virtual: int,
     return eigenbasis_sums(batch.unpack(err_flat), batch.eigvecs, batch.eigvals, batch.n_occ.tolist(),
                            n_virtual, w_rest)
 
+
+
+def orbital_energy_sums(errors: Sequence[torch.Tensor], eigvecs: Sequence[torch.Tensor],
+                        energies: Sequence[torch.Tensor], n_occ: Sequence[int], n_virtual: int,
+                        w_rest: float = 0.0) -> Tuple[torch.Tensor, float]:
+    """Un-normalised orbital-energy error sum over the given molecules (``loss: {orbital: w}``).
+
+    With the label's full eigenbasis (``C [n, n]``, ``C^T S C = I``) the predicted
+    orbital energies are *exactly* the eigenvalues of ``diag(e) + M``,
+    ``M = C^T (H_pred - H_true) C`` (a congruence of ``H_pred C = S C e_pred``), so
+    they come from one small symmetric ``eigvalsh`` per molecule, differentiable,
+    without solving the generalised problem.  The term is
+    ``sum_mol sum_k w_k |e_pred[k] - e[k]|`` (sorted energies matched in order) with
+    ``w_k = 1`` for the occupied orbitals, the LUMO and the lowest ``n_virtual - 1``
+    further virtuals (what the gap and the density depend on) and ``w_rest`` for the
+    higher virtuals (0: they are free, and drift far; measured).  A spurious low
+    orbital (an eigenvalue of the prediction pulled below the true LUMO from the high
+    virtuals) shows directly as a large error of ``e_pred[n_occ]``, which the
+    first-order diagonal ``M_kk`` cannot see.  Sorted eigenvalues are invariant to the
+    gauge of ``C``.
+
+    Returns ``(abs_sum, weight_sum)``: float64 0-d tensor and the float ``sum_mol sum_k w_k``.
+    """
+    total: Optional[torch.Tensor] = None
+    weight_sum = 0.0
+    for err, c, e, no in zip(errors, eigvecs, energies, n_occ):
+        c = c.to(dtype=torch.float64)
+        n = c.shape[0]
+        if c.shape[1] != n:
+            raise ValueError(f"the orbital-energy loss needs the full eigenbasis ([n, n]); got C of shape "
+                             f"{list(c.shape)} (loss.w_rest = 0 caches only the low orbitals)")
+        e = torch.as_tensor(e, dtype=torch.float64, device=c.device).reshape(-1)
+        m = c.T @ err.to(torch.float64) @ c
+        f = torch.diag(e) + 0.5 * (m + m.T)
+        w = torch.full((n,), float(w_rest), dtype=torch.float64, device=c.device)
+        w[: min(n, int(no) + int(n_virtual))] = 1.0
+        keep = w > 0
+        pred = torch.linalg.eigvalsh(f)
+        term = (w[keep] * (pred[keep] - e[keep]).abs()).sum()
+        total = term if total is None else total + term
+        weight_sum += float(w.sum())
+    if total is None:
+        return torch.zeros((), dtype=torch.float64), 0.0
+    return total, weight_sum
+
+
+def batch_orbital_energy_sums(err_flat: torch.Tensor, batch, n_virtual: int,
+                              w_rest: float = 0.0) -> Tuple[torch.Tensor, float]:
+    """:func:`orbital_energy_sums` of a :class:`~qhnetv2.training.collate.Batch` (with ``eigvecs``)."""
+    if not batch.eigvecs:
+        raise ValueError("the orbital-energy loss needs the label's eigenvectors in the batch "
+                         "(ResidualDataset with an EigenCache)")
+    return orbital_energy_sums(batch.unpack(err_flat), batch.eigvecs, batch.eigvals, batch.n_occ.tolist(),
+                               n_virtual, w_rest)

@@ -14,7 +14,7 @@ from typing import Dict, Optional
 
 from ..atomic import atomic_file
 
-COLUMNS = ("step", "epoch", "lr", "loss", "loss_eigen", "train_mae_uEh", "grad_norm", "steps_per_s",
+COLUMNS = ("step", "epoch", "lr", "loss", "loss_eigen", "loss_orbital", "train_mae_uEh", "grad_norm", "steps_per_s",
            "wall_s", "val_mae_uEh", "val_diag_mae_uEh", "val_offdiag_mae_uEh", "val_orbital_energy_mae_uEh",
            "val_coef_similarity_percent", "val_virtual_mae_uEh", "val_lumo_error_eV", "val_gap_error_eV",
            "val_gap_error_max_eV", "val_max_orbital_error_eV", "val_energy_error_uEh", "val_energy_abs_error_uEh",

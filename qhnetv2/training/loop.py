@@ -180,7 +180,7 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
     if config.eigen_loss:  # the label's eigenvectors, training molecules only (validation does not need them)
         from .eigenbasis_loss import EigenCache
         eigen = EigenCache(os.path.join(run_dir, "eigen_cache"), config.loss["n_virtual"],
-                           all_columns=config.loss["w_rest"] > 0)
+                           all_columns=config.loss["w_rest"] > 0 or config.loss["orbital"] > 0)
     train_ds = ResidualDataset(train_raw, cache, write=is_main, eigen=eigen)
     valid_ds = ResidualDataset(valid_raw, cache, write=is_main)
     if is_main:
@@ -244,17 +244,18 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
     has_val = len(valid_ds) > 0
     ck_every = config.checkpoint_every or config.val_every
     w_mae, w_mse = config.loss["mae"], config.loss["mse"]
-    w_eig, w_eig_sq = config.loss["eigen"], config.loss["eigen_mse"]
-    use_eigen = config.eigen_loss
-    from .eigenbasis_loss import batch_eigenbasis_sums
+    w_eig, w_eig_sq, w_orb = config.loss["eigen"], config.loss["eigen_mse"], config.loss["orbital"]
+    use_basis_term = w_eig > 0 or w_eig_sq > 0
+    from .eigenbasis_loss import batch_eigenbasis_sums, batch_orbital_energy_sums
     bar = None
     if is_main and progress and step < config.max_steps:
         from tqdm import tqdm
         bar = tqdm(total=config.max_steps, initial=step, unit="step", desc="training", dynamic_ncols=True)
     final_val: Dict[str, float] = {}
     t_loop, steps_done = time.time(), 0
-    # entry loss sum, abs-error sum, entries, eigenbasis loss sum, eigenbasis weight sum (since the last log)
-    acc = torch.zeros(5, dtype=torch.float64)
+    # entry loss sum, abs-error sum, entries, eigenbasis loss sum, eigenbasis weight sum,
+    # orbital-energy error sum, orbital count (since the last log)
+    acc = torch.zeros(7, dtype=torch.float64)
 
     def run_validation() -> Dict[str, float]:
         batches = (b for b in val_loader) if val_loader is not None else iter(())
@@ -277,17 +278,23 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
         pred = net(b.atomic_numbers, b.positions, b.batch)
         err = pred - b.target
         abs_sum, sq_sum = err.abs().sum(), err.pow(2).sum()
-        eig_sum, eig_weight = None, 0.0
-        if use_eigen:
+        eig_sum, eig_weight, orb_sum, orb_count = None, 0.0, None, 0
+        if use_basis_term:
             e_abs, e_sq, eig_weight = batch_eigenbasis_sums(err, b, config.loss["n_virtual"], config.loss["w_rest"])
             eig_sum = w_eig * e_abs + w_eig_sq * e_sq  # float64 (see eigenbasis_loss)
+        if w_orb > 0:
+            orb_sum, orb_count = batch_orbital_energy_sums(err, b, config.loss["n_virtual"], config.loss["w_rest"])
+            orb_sum = w_orb * orb_sum
         stats = torch.tensor([float(w_mae * abs_sum.detach() + w_mse * sq_sum.detach()), float(abs_sum.detach()),
-                              err.numel(), float(eig_sum.detach()) if eig_sum is not None else 0.0, eig_weight],
+                              err.numel(), float(eig_sum.detach()) if eig_sum is not None else 0.0, eig_weight,
+                              float(orb_sum.detach()) if orb_sum is not None else 0.0, orb_count],
                              dtype=torch.float64)
         ddp.all_reduce_sum(stats)
         loss = (w_mae * abs_sum + w_mse * sq_sum) * (world / stats[2].item())
         if eig_sum is not None:
             loss = loss + (eig_sum * (world / stats[4].item())).to(loss.dtype)
+        if orb_sum is not None:
+            loss = loss + (orb_sum * (world / stats[6].item())).to(loss.dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip
@@ -308,7 +315,8 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
             elapsed = time.time() - t_loop
             row = {"step": step, "epoch": (step - 1) // sampler.batches_per_epoch, "lr": scheduler.get_last_lr()[0],
                    "loss": _total_loss(acc), "train_mae_uEh": acc[1].item() / acc[2].item() * 1e6,
-                   "loss_eigen": acc[3].item() / acc[4].item() if use_eigen else None,
+                   "loss_eigen": acc[3].item() / acc[4].item() if use_basis_term else None,
+                   "loss_orbital": acc[5].item() / acc[6].item() if w_orb > 0 else None,
                    "grad_norm": float(grad_norm), "steps_per_s": steps_done / elapsed if elapsed > 0 else None,
                    "wall_s": time.time() - t_start}
             acc.zero_()
@@ -376,9 +384,13 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
 
 
 def _total_loss(stats: torch.Tensor) -> float:
-    """The loss (entry-wise + eigenbasis term) pooled over the steps summed in ``stats``."""
+    """The loss (entry-wise + eigenbasis + orbital-energy terms) pooled over the steps summed in ``stats``."""
     out = stats[0].item() / stats[2].item()
-    return out + stats[3].item() / stats[4].item() if stats[4].item() > 0 else out
+    if stats[4].item() > 0:
+        out += stats[3].item() / stats[4].item()
+    if stats[6].item() > 0:
+        out += stats[5].item() / stats[6].item()
+    return out
 
 
 class _ReadOnlyCache:

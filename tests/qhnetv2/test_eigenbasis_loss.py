@@ -315,3 +315,58 @@ def test_torchrun_two_processes_equal_one_with_the_eigen_term(water_data, tmp_pa
     rows = [list(csv.DictReader(open(os.path.join(d, "log.csv")))) for d in (one, two)]
     assert [float(r["loss_eigen"]) for r in rows[0]] == pytest.approx([float(r["loss_eigen"]) for r in rows[1]],
                                                                       rel=1e-9)
+
+
+# ---------------------------------------------------------------- the orbital-energy term
+def test_orbital_energy_term_is_the_generalised_spectrum(water_svp):
+    """e_pred = eigvalsh(diag(e) + C^T dH C) equals scipy's eigh(H_pred, S), also when a large
+    perturbation reorders orbitals; the term is the MAE of the lowest n_occ + n_virtual of them."""
+    import scipy.linalg
+
+    h, s, n_occ = water_svp
+    e, c = el.label_eigenvectors(h, s)
+    for scale in (1e-3, 0.3):
+        dh = _random_sym(len(h), 3, scale)
+        total, count = el.orbital_energy_sums([torch.as_tensor(dh)], [torch.as_tensor(c)], [torch.as_tensor(e)],
+                                              [n_occ], n_virtual=3)
+        ref = scipy.linalg.eigh(h + dh, s, eigvals_only=True)[: n_occ + 3]
+        assert count == n_occ + 3
+        np.testing.assert_allclose(float(total), np.abs(ref - e[: n_occ + 3]).sum(), rtol=1e-9)
+        # w_rest > 0: every orbital, the higher virtuals at weight w_rest
+        total, wsum = el.orbital_energy_sums([torch.as_tensor(dh)], [torch.as_tensor(c)], [torch.as_tensor(e)],
+                                             [n_occ], n_virtual=3, w_rest=0.25)
+        full = scipy.linalg.eigh(h + dh, s, eigvals_only=True)
+        w = np.full(len(e), 0.25)
+        w[: n_occ + 3] = 1.0
+        assert wsum == pytest.approx(w.sum())
+        np.testing.assert_allclose(float(total), (w * np.abs(full - e)).sum(), rtol=1e-9)
+    zero, _ = el.orbital_energy_sums([torch.zeros_like(torch.as_tensor(h))], [torch.as_tensor(c)],
+                                     [torch.as_tensor(e)], [n_occ], n_virtual=3)
+    assert float(zero) < 1e-12
+    with pytest.raises(ValueError, match="full eigenbasis"):
+        el.orbital_energy_sums([torch.as_tensor(h)], [torch.as_tensor(c[:, :n_occ])], [torch.as_tensor(e)], [n_occ], 1)
+
+
+def test_orbital_energy_term_sees_a_spurious_orbital(water_svp):
+    """An error confined to the highest virtual's direction, pulling it below the LUMO, costs
+    a large LUMO error in this term while the first-order diagonal of M misses it."""
+    h, s, n_occ = water_svp
+    e, c = el.label_eigenvectors(h, s)
+    sc = s @ c[:, -1:]                                   # S C_top: dH = -d (S c)(S c)^T lowers orbital -1 by d
+    drop = e[-1] - e[n_occ] + 0.2                        # 0.2 Eh below the true LUMO
+    dh = torch.as_tensor(-drop * sc @ sc.T)
+    total, count = el.orbital_energy_sums([dh], [torch.as_tensor(c)], [torch.as_tensor(e)], [n_occ], n_virtual=1)
+    assert float(total) == pytest.approx(0.2, rel=1e-6)  # the new LUMO is 0.2 Eh low, nothing else moves
+    m = c.T @ dh.numpy() @ c
+    assert np.abs(np.diag(m)[: n_occ + 1]).max() < 1e-9
+
+
+def test_orbital_energy_gradcheck_fp64(water_sto3g):
+    h, s, n_occ = water_sto3g
+    e, c = el.label_eigenvectors(h, s)
+    dh = torch.tensor(_random_sym(len(h), 5, 1e-2), requires_grad=True)
+
+    def f(x):
+        return el.orbital_energy_sums([x], [torch.as_tensor(c)], [torch.as_tensor(e)], [n_occ], n_virtual=2)[0]
+
+    assert torch.autograd.gradcheck(f, (dh,), eps=1e-7, atol=1e-6)
