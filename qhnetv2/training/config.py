@@ -48,13 +48,14 @@ class TrainConfig:
     the LUMO, goes unpenalised; measured, it does).  Omitted weights are 0
     (``{mae: 1}`` is a pure MAE); ``n_virtual`` defaults to 4 and ``w_rest`` to 0.3.
     ``o * mean |e_pred - e_true|`` over the occupied orbitals and the lowest ``n_virtual``
-    virtuals: the predicted orbital energies themselves, exactly, as the eigenvalues of
-    ``diag(e) + M`` (needs all columns of ``C``, which are then cached); it sees a
-    spurious orbital below the LUMO directly (``eigenbasis_loss.orbital_energy_sums``).
+    virtuals (the frontier only: weighting the higher virtuals too made every metric
+    worse, measured): the predicted orbital energies themselves, exactly, as the
+    eigenvalues of ``diag(e) + M`` (needs all columns of ``C``, which are then cached); it
+    sees a spurious orbital below the LUMO directly (``eigenbasis_loss.orbital_energy_sums``).
     With ``c`` or ``d`` > 0, ``C`` is computed once per training molecule (scipy,
     float64) into ``RUN/eigen_cache/`` (``n_ao + 1`` by ``n_ao`` float64 per
-    molecule with ``w_rest`` > 0, like the base cache).  The ``tiny`` preset uses
-    ``eigen: 0.1`` (see docs/model.md, "Training loss", for the measurement).
+    molecule with ``w_rest`` > 0, like the base cache).  The presets leave both
+    spectrum terms off (see docs/model.md, "Training loss", for the measurement).
     ``val_orbitals``: validation computes orbital metrics (occupied orbital energies and
     coefficients, LUMO, HOMO-LUMO gap, lowest virtuals, worst orbital; ``qhnetv2.metrics``);
     ``val_density``: also the energy and dipole of the predicted density with the labels'

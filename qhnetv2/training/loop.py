@@ -283,7 +283,9 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
             e_abs, e_sq, eig_weight = batch_eigenbasis_sums(err, b, config.loss["n_virtual"], config.loss["w_rest"])
             eig_sum = w_eig * e_abs + w_eig_sq * e_sq  # float64 (see eigenbasis_loss)
         if w_orb > 0:
-            orb_sum, orb_count = batch_orbital_energy_sums(err, b, config.loss["n_virtual"], config.loss["w_rest"])
+            # frontier orbitals only: weighting the higher virtuals too made every metric worse (measured,
+            # bench/results/cpu-amd-epyc-2t/spectrum_loss_demo)
+            orb_sum, orb_count = batch_orbital_energy_sums(err, b, config.loss["n_virtual"], 0.0)
             orb_sum = w_orb * orb_sum
         stats = torch.tensor([float(w_mae * abs_sum.detach() + w_mse * sq_sum.detach()), float(abs_sum.detach()),
                               err.numel(), float(eig_sum.detach()) if eig_sum is not None else 0.0, eig_weight,

@@ -263,7 +263,7 @@ def test_train_with_the_eigen_term_logs_it_in_float32_and_float64(water_data, tm
     try:
         for dtype in ("float32", "float64"):
             cfg = TrainConfig.from_dict(dict(base, dtype=dtype, loss={"mae": 1.0, "mse": 1.0, "eigen": 1.0,
-                                                                       "n_virtual": 1, "w_rest": 0.3}))
+                                                                       "orbital": 0.5, "n_virtual": 1, "w_rest": 0.3}))
             run = str(tmp_path / dtype)
             s = train(cfg, water_data["data"], water_data["split"], run, progress=False)
             assert s["steps"] == 4
@@ -271,7 +271,10 @@ def test_train_with_the_eigen_term_logs_it_in_float32_and_float64(water_data, tm
                 rows = list(csv.DictReader(f))
             eig = [float(r["loss_eigen"]) for r in rows if r["loss_eigen"]]
             assert len(eig) == 4 and all(np.isfinite(eig)) and all(v > 0 for v in eig)
-            assert all(float(r["loss"]) > v for r, v in zip(rows, eig))     # loss = entry-wise + eigen
+            orb = [float(r["loss_orbital"]) for r in rows if r["loss_orbital"]]
+            assert len(orb) == 4 and all(np.isfinite(orb)) and all(v > 0 for v in orb)
+            # loss = entry-wise + eigen + orbital
+            assert all(float(r["loss"]) > v + o for r, v, o in zip(rows, eig, orb))
             assert len(os.listdir(os.path.join(run, "eigen_cache"))) == 3   # the 3 training molecules
         # a resumed run must keep the loss
         cfg = TrainConfig.from_dict(dict(base, dtype="float64", max_steps=6, loss={"mae": 1.0, "mse": 1.0}))
