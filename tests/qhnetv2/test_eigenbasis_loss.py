@@ -206,7 +206,7 @@ def water_data(tmp_path_factory):
 
 def test_cache_computes_once_atomically_and_only_rank0_writes(water_data, tmp_path, monkeypatch):
     from qhnetv2.data import HamiltonianDataset
-    from qhnetv2.training import collate
+    from qhnetv2.training.collate import collate
     from qhnetv2.training.data import ResidualDataset, cache_key
 
     calls = []
