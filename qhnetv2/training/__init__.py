@@ -16,6 +16,8 @@ that ``qhnetv2 --help`` does not import torch.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 _EXPORTS = {
     "TrainConfig": "config", "load_config": "config", "PRESET_NAMES": "config",
@@ -38,3 +40,23 @@ def __getattr__(name):
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: exported functions that share their module's name (``collate.collate``, ``validate.validate``)
+_SHADOWED = frozenset(name for name, module in _EXPORTS.items() if name == module)
+
+
+class _TrainingPackage(types.ModuleType):
+    """The import system binds every imported submodule to its package attribute
+    (``qhnetv2.training.collate = <module>``) once anything imports it, which would turn
+    ``from qhnetv2.training import collate`` into the module instead of the function.
+    For the names in :data:`_SHADOWED` the function wins; the modules stay importable as
+    ``from qhnetv2.training.collate import ...``."""
+
+    def __setattr__(self, name, value):
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _TrainingPackage

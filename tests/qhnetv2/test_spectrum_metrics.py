@@ -173,7 +173,9 @@ def test_exact_prediction_gives_zero(water_svp):
     for key in SPECTRUM_KEYS + ("gap_error_max", "max_orbital_energy_error_max"):
         assert m[key] == 0.0, key
     d = density_metrics(h, h, [WATER_Z], [WATER_POS], {"xc": "hf", "basis": "def2-svp"})
-    assert d["energy_error"] == 0.0 and d["energy_abs_error"] == 0.0 and d["dipole_error"] == 0.0
+    # two evaluations of the same density agree to rounding (PySCF's J/K summation order may differ
+    # between calls with threads), not necessarily bit for bit
+    assert abs(d["energy_error"]) < 1e-10 and d["energy_abs_error"] < 1e-10 and d["dipole_error"] < 1e-8
 
 
 def test_report_units():

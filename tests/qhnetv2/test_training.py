@@ -245,3 +245,16 @@ def test_cli_train_writes_the_run_folder(water_set, tmp_path):
         assert os.path.exists(os.path.join(out, f)), f
     assert json.load(open(os.path.join(out, "summary.json")))["steps"] == 3
     QHNetV2.load(os.path.join(out, "checkpoints", "best.pt"))
+
+
+def test_exported_functions_are_not_shadowed_by_their_modules():
+    """``collate`` and ``validate`` are both a submodule and the exported function: importing the
+    submodule (as the training loop does) must not turn the package attribute into the module."""
+    import qhnetv2.training.collate  # noqa: F401
+    import qhnetv2.training.loop  # noqa: F401
+    import qhnetv2.training.validate  # noqa: F401
+    from qhnetv2.training import collate, validate
+    from qhnetv2.training.collate import collate as collate_fn
+    from qhnetv2.training.validate import validate as validate_fn
+
+    assert collate is collate_fn and validate is validate_fn
