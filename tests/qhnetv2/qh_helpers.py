@@ -50,3 +50,24 @@ def water_frames(n, seed=0, scale=0.03):
             for _ in range(n)]
 
 
+
+
+def labelled_water(root, n, seed, scale=0.03, n_train=None):
+    """``n`` distorted waters labelled HF/STO-3G into ``root/water`` (asserting all succeed), and,
+    with ``n_train``, a split file ``root/split.json`` (first ``n_train`` train, the rest valid).
+
+    Returns ``{"data": path, "split": path or None}``."""
+    from qhnetv2.data.build import build_dataset
+    from qhnetv2.data.split import write_json_atomic
+    from qhnetv2.data.store import HamiltonianReader
+
+    xyz = write_xyz(os.path.join(str(root), "water.xyz"), water_frames(n, seed=seed, scale=scale))
+    data = os.path.join(str(root), "water")
+    assert build_dataset([xyz], data, {"xc": "hf", "basis": "sto-3g", "conv_tol": 1e-10}, workers=0,
+                         progress=False)["n_ok"] == n
+    split = None
+    if n_train is not None:
+        ids = HamiltonianReader(data).ids
+        split = os.path.join(str(root), "split.json")
+        write_json_atomic(split, {"train": ids[:n_train], "valid": ids[n_train:], "test": []})
+    return {"data": data, "split": split}

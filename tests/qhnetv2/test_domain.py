@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ase")
 pytest.importorskip("rdkit")
 
-from qh_helpers import WATER_POS, WATER_Z, water_frames, write_xyz  # noqa: E402
+from qh_helpers import WATER_POS, WATER_Z, labelled_water, write_xyz  # noqa: E402
 
 from qhnetv2.domain import (DomainBuilder, DomainWarning, build_domain, domain_reasons,  # noqa: E402
                             environments, formula, pair_label, training_domain)
@@ -267,13 +267,9 @@ def test_predict_cli_flags_formic_acid(md, checkpoints, capsys):
 def test_evaluate_flags_per_molecule(md, tmp_path):
     """Against an ethanol-only domain, labelled waters are outside (O(H,H), H-H, size)."""
     pytest.importorskip("pyscf")
-    from qhnetv2.data.build import build_dataset
     from qhnetv2.evaluate import evaluate
     from qhnetv2.model import QHNetV2
-    xyz = write_xyz(tmp_path / "water.xyz", water_frames(2, seed=5))
-    ds = str(tmp_path / "ds")
-    assert build_dataset([xyz], ds, {"xc": "hf", "basis": "sto-3g", "conv_tol": 1e-10}, workers=0,
-                         progress=False)["n_ok"] == 2
+    ds = labelled_water(tmp_path, 2, seed=5)["data"]
     model = QHNetV2(basis="sto-3g", elements=[1, 6, 8], **TINY)
     ethanol_only = build_domain([(ETHANOL_Z, ETHANOL_POS)], cutoff=5.0)
     with pytest.warns(DomainWarning) as caught:
@@ -294,18 +290,11 @@ def test_evaluate_flags_per_molecule(md, tmp_path):
 def test_training_writes_the_domain_into_every_checkpoint(tmp_path):
     pytest.importorskip("pyscf")
     pytest.importorskip("yaml")
-    from qhnetv2.data.build import build_dataset
-    from qhnetv2.data.split import write_json_atomic
     from qhnetv2.data.store import HamiltonianReader
     from qhnetv2.model import load_checkpoint
     from qhnetv2.training import load_config, train
-    xyz = write_xyz(tmp_path / "water.xyz", water_frames(3, seed=11, scale=0.05))
-    ds = str(tmp_path / "ds")
-    assert build_dataset([xyz], ds, {"xc": "hf", "basis": "sto-3g", "conv_tol": 1e-10}, workers=0,
-                         progress=False)["n_ok"] == 3
-    ids = HamiltonianReader(ds).ids
-    split = str(tmp_path / "split.json")
-    write_json_atomic(split, {"train": ids[:2], "valid": ids[2:], "test": []})
+    labelled = labelled_water(tmp_path, 3, seed=11, scale=0.05, n_train=2)
+    ds, split = labelled["data"], labelled["split"]
     cfg = load_config("tiny", max_steps=2, val_every=2, log_every=1, device="cpu", target="full")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -314,6 +303,7 @@ def test_training_writes_the_domain_into_every_checkpoint(tmp_path):
     finally:
         torch.set_num_threads(threads)
     rec = HamiltonianReader(ds)
+    ids = rec.ids
     expected = build_domain([(rec[i]["atomic_numbers"], rec[i]["positions"]) for i in ids[:2]], cutoff=5.0,
                             n_ao_of={1: 1, 8: 5}.__getitem__)
     for path in (summary["best_checkpoint"], summary["last_checkpoint"]):

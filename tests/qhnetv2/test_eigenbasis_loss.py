@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("pyscf")
 pytest.importorskip("yaml")
 
-from qh_helpers import WATER_POS, WATER_Z, water_frames, write_xyz  # noqa: E402
+from qh_helpers import WATER_POS, WATER_Z, labelled_water  # noqa: E402
 
 from qhnetv2.training import eigenbasis_loss as el  # noqa: E402
 
@@ -189,19 +189,7 @@ def test_rank_shares_add_up_to_the_whole_batch(water_svp, water_sto3g):
 @pytest.fixture(scope="module")
 def water_data(tmp_path_factory):
     """4 distorted waters, HF/STO-3G, and a 3/1/0 split."""
-    from qhnetv2.data.build import build_dataset
-    from qhnetv2.data.split import write_json_atomic
-    from qhnetv2.data.store import HamiltonianReader
-
-    root = tmp_path_factory.mktemp("eig_data")
-    xyz = write_xyz(root / "water.xyz", water_frames(4, seed=7, scale=0.05))
-    data = str(root / "water")
-    assert build_dataset([xyz], data, {"xc": "hf", "basis": "sto-3g", "conv_tol": 1e-10}, workers=0,
-                         progress=False)["n_ok"] == 4
-    ids = HamiltonianReader(data).ids
-    split = str(root / "split.json")
-    write_json_atomic(split, {"train": ids[:3], "valid": ids[3:], "test": []})
-    return {"data": data, "split": split}
+    return labelled_water(tmp_path_factory.mktemp("eig_data"), 4, seed=7, scale=0.05, n_train=3)
 
 
 def test_cache_computes_once_atomically_and_only_rank0_writes(water_data, tmp_path, monkeypatch):
