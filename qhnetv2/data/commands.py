@@ -85,9 +85,14 @@ def cmd_merge(args) -> int:
 def cmd_split(args) -> int:
     from .split import make_split
     split = make_split(args.dataset, args.method, args.seed, args.fractions,
-                       args.size_bounds, out=args.out)
+                       args.size_bounds, out=args.out, qh9=args.qh9,
+                       geometries_per_molecule=args.geometries_per_molecule,
+                       geometry_counts=tuple(args.geometry_counts))
     print(f"split written to {args.out}: " + ", ".join(
         f"{k} {len(split[k])}" for k in ("train", "valid", "test")))
+    if split.get("n_unassigned"):
+        print(f"  {split['n_unassigned']} rows after the last complete molecule block "
+              f"are in no split (as in QH9)")
     return 0
 
 
@@ -178,6 +183,16 @@ def register(parser: argparse.ArgumentParser) -> None:
                    metavar=("TRAIN", "VALID", "TEST"))
     p.add_argument("--size-bounds", type=int, nargs=2, default=None, metavar=("A", "B"),
                    help="size split: train n_atoms <= A, valid <= B, test > B")
+    p.add_argument("--qh9", choices=("stable-id", "stable-ood", "dynamic-geo", "dynamic-mol"),
+                   default=None,
+                   help="QH9's published split of a dataset made by 'data import qh9-*' "
+                   "(overrides --method/--seed/--fractions)")
+    p.add_argument("--geometries-per-molecule", type=int, default=100, metavar="G",
+                   help="--qh9 dynamic-*: consecutive rows per molecule (QH9: 100)")
+    p.add_argument("--geometry-counts", type=int, nargs=2, default=(80, 10),
+                   metavar=("TRAIN", "VALID"),
+                   help="--qh9 dynamic-geo: geometries per molecule in train and valid "
+                   "(QH9: 80 10; the rest is test)")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("import", help="convert QH9 / SchNOrb-MD17 files")

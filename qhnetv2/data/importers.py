@@ -2,29 +2,48 @@
 
 Both converters produce the standard record layout in PySCF AO order.
 
-QH9 (B3LYP / def2-SVP / grid 3, computed with PySCF):
-  * stable: SQLite file with table ``data(id, N, Z, pos, Ham)`` - Z int32 bytes,
-    pos float64 bytes [N, 3] in Angstrom, Ham float64 bytes [n_ao, n_ao];
-  * dynamic: LMDB whose values are pickled dicts with ``atoms``, ``pos``
-    (Bohr), ``Ham`` (bytes or arrays), and ``id`` / ``geo_id``.
-  The AO order of the stored matrices is given by ``orbital_order``: ``pyscf``
-  or ``qh9`` (the m = -l..l order QH9's code converts to, see
-  :mod:`.conventions`), or ``auto``: pick the one whose density reproduces H
-  through one PySCF Fock build (self-consistency residual) on the first
-  molecule.  QH9 files hold no overlap: S is computed with PySCF (exact, cheap).
+QH9 (B3LYP / def2-SVP, computed with PySCF; see docs/data.md for how QH9's own
+code writes each file):
+  * QH9-stable raw SQLite (``QH9Stable.db``): table ``data(id INTEGER PRIMARY
+    KEY, N, Z, pos, Ham)``; Z int32 bytes, pos float64 bytes [N, 3] in
+    Angstrom, Ham float64 bytes [n_ao, n_ao];
+  * QH9-dynamic raw SQLite (``QH9Dynamic_300k.db``): table ``data(id, geo_id,
+    N, Z, pos, ekin, epot, etot, time, Ham, converged)``; ``id`` is stored as
+    an 8-byte int64 blob, pos float64 bytes in **Bohr**, epot the total
+    energy (Hartree);
+  * QH9's processed LMDBs (``QH9Stable.lmdb`` / ``QH9Dynamic.lmdb``): values
+    are pickled dicts ``id, num_nodes, atoms, pos, Ham`` (+ ``geo_id`` for
+    dynamic) holding the raw bytes above; keys are 4-byte big-endian integers:
+    the QH9 id (stable) or the row of the raw file (dynamic).
+  QH9's generators store ``mf.get_fock()`` as is, so the files hold PySCF's AO
+  order; QH9's loader permutes to m = -l..l only when reading.
+  ``orbital_order`` (``auto`` / ``pyscf`` / ``qh9``) still lets a file in
+  the m = -l..l order (see :mod:`.conventions`) be imported; ``auto`` picks
+  the order whose density reproduces H through one PySCF Fock build
+  (self-consistency residual) on the first molecule.  QH9 files hold no
+  overlap: S is computed with PySCF (exact, cheap).
+  Ids: ``qh9-stable:<QH9 id>`` and ``qh9-dynamic:<row>:<QH9 id>:<geo_id>``
+  (8-digit fields); the row is what QH9's published splits are defined on
+  (:func:`qhnetv2.data.split.qh9_split`).
 
 SchNOrb MD17 (PBE / def2-SVP, computed with ORCA): ASE database whose rows
-carry positions (Angstrom) and ``data`` with ``hamiltonian`` and ``overlap``
-(ORCA AO order, optional ``energy``/``forces``).  Converted with the ``orca``
-convention; with ``verify`` > 0 the converted overlap of the first molecules
-is compared with PySCF's (functional-independent, so it checks permutation
-and signs).
+carry positions (Angstrom) and, in ``data``, ``hamiltonian`` and ``overlap``
+(ORCA AO order, Hartree), ``energy`` and optionally ``forces`` (Hartree /
+Angstrom).  Arrays are either stored directly (the published MD17 files) or
+in SchNetPack >= 0.3's encoding (base64 of the raw bytes plus
+``_shape_<name>`` / ``_dtype_<name>`` entries; H and S float32), which is
+what SchNOrb's ``extract_data.py`` writes; that script also subtracts the
+mean energy (metadata ``mean_energy``, plus ``energy_offset`` if given), which
+is added back here.  Converted with the ``orca`` convention; with ``verify``
+> 0 the converted overlap of the first molecules is compared with PySCF's
+(functional-independent, so it checks permutation and signs).
 
 Imports are resumable (ids already present are skipped) and commit in
 batches; each committed molecule is complete.
 """
 from __future__ import annotations
 
+import base64
 import io
 import os
 import pickle
@@ -80,7 +99,22 @@ def _as_float_array(value) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- QH9 readers
+def _as_plain_int(value) -> int:
+    """A QH9 integer field: int, NumPy integer, or (dynamic raw file) int64 bytes."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        if len(raw) not in (4, 8):
+            raise ValueError(f"cannot decode an integer id from {len(raw)} bytes")
+        return int(np.frombuffer(raw, dtype=np.int32 if len(raw) == 4 else np.int64)[0])
+    return int(value)
+
+
 def _iter_qh9_sqlite(path: str) -> Iterator[Dict[str, Any]]:
+    """Rows of a QH9 raw file in the order QH9 reads them (``select *``: rowid).
+
+    ``_row`` is the 0-based position, which QH9-dynamic uses as its LMDB key
+    and split index.
+    """
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         cols = [r[1] for r in con.execute("PRAGMA table_info(data)")]
@@ -88,18 +122,32 @@ def _iter_qh9_sqlite(path: str) -> Iterator[Dict[str, Any]]:
             raise ValueError(f"{path!r}: no table 'data' (not a QH9 SQLite file)")
         lower = [c.lower() for c in cols]
 
-        def col(*names, pos):
+        def col(*names, pos=None):
             for n in names:
                 if n.lower() in lower:
                     return lower.index(n.lower())
             return pos
-        i_id, i_n, i_z = col("id", pos=0), col("N", "num_nodes", pos=1), col("Z", "atoms", pos=2)
-        i_pos, i_h = col("pos", pos=3), col("Ham", "hamiltonian", pos=4)
-        for row in con.execute("SELECT * FROM data ORDER BY rowid"):
-            yield {"id": row[i_id], "num_nodes": row[i_n], "atoms": row[i_z],
-                   "pos": row[i_pos], "Ham": row[i_h]}
+        fields = {"id": col("id", pos=0), "num_nodes": col("N", "num_nodes", pos=1),
+                  "atoms": col("Z", "atoms", pos=2), "pos": col("pos", pos=3),
+                  "Ham": col("Ham", "hamiltonian", pos=4), "geo_id": col("geo_id"),
+                  "epot": col("epot"), "converged": col("converged")}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        for row_index, row in enumerate(con.execute("SELECT * FROM data ORDER BY rowid")):
+            item = {k: row[i] for k, i in fields.items()}
+            item["_row"] = row_index
+            yield item
     finally:
         con.close()
+
+
+def _lmdb_key_to_row(key: bytes, position: int) -> int:
+    # QH9 writes keys as int.to_bytes(4, "big"); older/other writers may use
+    # decimal text.  A 4-byte key of ASCII digits decodes to >= 0x30000000 as
+    # big-endian, far beyond any QH9 row count, so the two cannot be confused.
+    if len(key) == 4 and int.from_bytes(key, "big") < 10 ** 8:
+        return int.from_bytes(key, "big")
+    text = key.decode("ascii", "replace")
+    return int(text) if text.isdigit() else position
 
 
 def _iter_qh9_lmdb(path: str) -> Iterator[Dict[str, Any]]:
@@ -107,28 +155,30 @@ def _iter_qh9_lmdb(path: str) -> Iterator[Dict[str, Any]]:
     env = lmdb.open(path, readonly=True, lock=False, subdir=os.path.isdir(path))
     try:
         with env.begin() as txn:
+            position = 0
             for key, value in txn.cursor():
                 try:
                     item = _safe_loads(value)
                 except Exception:
                     continue  # e.g. a "length" entry that is not a molecule
                 if isinstance(item, dict) and "Ham" in item and "pos" in item:
-                    item.setdefault("_key", bytes(key).decode("utf-8", "replace"))
+                    item["_row"] = _lmdb_key_to_row(bytes(key), position)
+                    position += 1
                     yield item
     finally:
         env.close()
 
 
-def _qh9_mol_id(prefix: str, item: Dict[str, Any]) -> str:
-    parts = []
-    for field in ("id", "geo_id"):
-        if item.get(field) is not None:
-            v = item[field]
-            v = int(v) if isinstance(v, (int, np.integer)) else str(v)
-            parts.append(f"{v:08d}" if isinstance(v, int) else v)
-    if not parts:
-        parts.append(str(item.get("_key")))
-    return check_molecule_id(":".join([prefix] + parts))
+def _qh9_mol_id(prefix: str, item: Dict[str, Any], variant: str) -> str:
+    if variant == "stable":
+        key = _as_plain_int(item["id"]) if item.get("id") is not None else item["_row"]
+        return check_molecule_id(f"{prefix}:{key:08d}")
+    if item.get("id") is None or item.get("geo_id") is None:
+        raise ValueError("QH9-dynamic item without 'id' / 'geo_id' (not a QH9-dynamic file? "
+                         "use qh9-stable)")
+    return check_molecule_id(f"{prefix}:{int(item['_row']):08d}:"
+                             f"{_as_plain_int(item['id']):08d}:"
+                             f"{_as_plain_int(item['geo_id']):08d}")
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -235,7 +285,8 @@ def import_qh9(path: str, out: str, variant: str = "stable", orbital_order: str 
     meta = {"kind": "imported", "source": f"QH9-{variant}", "settings": settings,
             "basis": basis, "sources": [{"stem": prefix, "path": os.path.abspath(path)}],
             "shard": None, "units": {"positions": "Angstrom", "hamiltonian": "Hartree",
-                                     "energy": "Hartree (NaN: QH9 files hold no energy)"}}
+                                     "energy": "Hartree (NaN unless the file has one: QH9-dynamic "
+                                               "raw 'epot')"}}
     writer = _open_output(out, meta)
     done = writer.record_ids()
     batch = _BatchWriter(writer)
@@ -251,7 +302,10 @@ def import_qh9(path: str, out: str, variant: str = "stable", orbital_order: str 
             if limit is not None and n_seen >= limit:
                 break
             n_seen += 1
-            mol_id = _qh9_mol_id(prefix, item)
+            if variant == "stable" and item.get("geo_id") is not None:
+                raise ValueError(f"{path!r} has geo_id fields: it is a QH9-dynamic file, "
+                                 f"import it as qh9-dynamic")
+            mol_id = _qh9_mol_id(prefix, item, variant)
             if mol_id in done:
                 continue
             z = _as_int_array(item["atoms"], item.get("num_nodes"))
@@ -276,7 +330,14 @@ def import_qh9(path: str, out: str, variant: str = "stable", orbital_order: str 
                     raise ValueError(f"verify: {mol_id} is not self-consistent after "
                                      f"conversion (residual {residuals[-1]:.2e} Eh)")
             s = overlap_matrix(z, pos, basis)
-            batch.add(mol_id, _make_record(z, pos, h, s, dict(settings, orbital_order=used_order)))
+            # the dynamic raw file keeps the MD frame's SCF energy (epot, Hartree)
+            # and PySCF's convergence flag; the other QH9 files keep neither
+            energy = float(item["epot"]) if item.get("epot") is not None else float("nan")
+            record = _make_record(z, pos, h, s, dict(settings, orbital_order=used_order),
+                                  energy)
+            if item.get("converged") is not None:
+                record["converged"] = bool(item["converged"])
+            batch.add(mol_id, record)
             n_new += 1
             if bar is not None:
                 bar.update(1)
@@ -293,14 +354,41 @@ def import_qh9(path: str, out: str, variant: str = "stable", orbital_order: str 
 
 
 # --------------------------------------------------------------------------- SchNOrb MD17
+def _schnorb_array(data, name: str) -> Optional[np.ndarray]:
+    """``data[name]`` as float64, decoding SchNetPack >= 0.3's base64 encoding.
+
+    SchNetPack's ``AtomsData`` stores ``data[name] = b64encode(a.tobytes())``
+    with ``data["_shape_" + name]`` and ``data["_dtype_" + name]``; older files
+    (and the published MD17 ones) hold the array itself.
+    """
+    if name not in data:
+        return None
+    value = data[name]
+    shape_key, dtype_key = "_shape_" + name, "_dtype_" + name
+    if isinstance(value, (str, bytes)) and shape_key in data and dtype_key in data:
+        raw = base64.b64decode(value)
+        arr = np.frombuffer(raw, dtype=np.dtype(str(data[dtype_key])))
+        return arr.reshape(tuple(int(n) for n in data[shape_key])).astype(np.float64)
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"data[{name!r}] is encoded text without {shape_key!r} / "
+                         f"{dtype_key!r}: unknown SchNOrb/SchNetPack encoding")
+    return np.asarray(value, dtype=np.float64)
+
+
 def import_schnorb(path: str, out: str, prefix: Optional[str] = None, verify: int = 1,
                    energy_unit: str = "hartree", hamiltonian_unit: str = "hartree",
-                   limit: Optional[int] = None, progress: bool = True) -> Dict[str, Any]:
+                   limit: Optional[int] = None, progress: bool = True,
+                   overlap_tol: float = 1e-5) -> Dict[str, Any]:
     """Convert a SchNOrb MD17 ASE database (ORCA AO order) into ``out``.
 
     ``verify``: number of molecules whose converted overlap is compared with
-    PySCF's (raises if max deviation > 1e-6).  Units of ``energy`` and
-    ``hamiltonian`` in the file: ``hartree`` or ``ev``.
+    PySCF's (raises if the max deviation exceeds ``overlap_tol``; SchNOrb's
+    matrices are parsed from ORCA's printed output and stored as float32, so
+    a correct file agrees to ~1e-6, a wrong permutation or sign by ~0.1).
+    Units of ``energy`` and ``hamiltonian`` in the file: ``hartree`` (SchNOrb:
+    ORCA's Fock matrix and final energy) or ``ev``.  Energies are made total
+    again by adding the database metadata's ``mean_energy`` and
+    ``energy_offset`` where present (SchNOrb's extraction subtracts them).
     """
     import ase.db
     factors = {"hartree": 1.0, "ev": 1.0 / HARTREE_IN_EV}
@@ -324,6 +412,8 @@ def import_schnorb(path: str, out: str, prefix: Optional[str] = None, verify: in
     deviations: List[float] = []
     n_new = n_seen = 0
     db = ase.db.connect(path)
+    db_meta = db.metadata or {}
+    energy_shift = sum(float(db_meta.get(k, 0.0) or 0.0) for k in ("mean_energy", "energy_offset"))
     rows = db.select()
     bar = None
     if progress:
@@ -343,24 +433,26 @@ def import_schnorb(path: str, out: str, prefix: Optional[str] = None, verify: in
             if "hamiltonian" not in data or "overlap" not in data:
                 raise ValueError(f"row {row.id} of {path!r} has no data['hamiltonian'] / "
                                  f"data['overlap'] (not a SchNOrb database?)")
-            h_file = np.asarray(data["hamiltonian"], dtype=np.float64)
-            s_file = np.asarray(data["overlap"], dtype=np.float64)
+            h_file = _schnorb_array(data, "hamiltonian")
+            s_file = _schnorb_array(data, "overlap")
             n_ao = int(round(np.sqrt(h_file.size)))
             h = to_pyscf(h_file.reshape(n_ao, n_ao), "orca", basis, z)
             h = h * factors[hamiltonian_unit]
             s = to_pyscf(s_file.reshape(n_ao, n_ao), "orca", basis, z)
             if len(deviations) < verify:
                 deviations.append(float(np.abs(s - overlap_matrix(z, pos, basis)).max()))
-                if deviations[-1] > 1e-6:
+                if deviations[-1] > overlap_tol:
                     raise ValueError(f"verify: converted overlap of {mol_id} differs from "
                                      f"PySCF's by {deviations[-1]:.2e}: AO order/sign "
                                      f"convention or basis does not match")
-            energy = data.get("energy", row.get("energy", np.nan))
-            energy = float(np.asarray(energy).reshape(-1)[0]) * factors[energy_unit]
+            energy = _schnorb_array(data, "energy")
+            if energy is None:
+                energy = np.asarray(row.get("energy", np.nan), dtype=np.float64)
+            energy = (float(energy.reshape(-1)[0]) + energy_shift) * factors[energy_unit]
             extras = {}
-            if "forces" in data:
-                extras["forces"] = (np.asarray(data["forces"], dtype=np.float64).reshape(-1, 3)
-                                    * factors[energy_unit])
+            forces = _schnorb_array(data, "forces")
+            if forces is not None:
+                extras["forces"] = forces.reshape(-1, 3) * factors[energy_unit]
             batch.add(mol_id, _make_record(z, pos, h, s, settings, energy, extras))
             n_new += 1
             if bar is not None:
@@ -370,7 +462,8 @@ def import_schnorb(path: str, out: str, prefix: Optional[str] = None, verify: in
         if bar is not None:
             bar.close()
         writer.close()
-    return {"n_imported": n_new, "n_seen": n_seen, "overlap_deviations": deviations}
+    return {"n_imported": n_new, "n_seen": n_seen, "overlap_deviations": deviations,
+            "energy_shift_added": energy_shift}
 
 
 def export_convention(hamiltonian: np.ndarray, convention: str, basis: str,

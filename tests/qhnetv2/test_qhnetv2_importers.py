@@ -105,7 +105,9 @@ def test_qh9_dynamic_lmdb_bohr(tmp_path, qh9_waters):
     summary = import_qh9(path, str(tmp_path / "ds"), variant="dynamic", progress=False)
     assert summary["orbital_order"] == "qh9" and summary["n_imported"] == 2
     reader = HamiltonianReader(str(tmp_path / "ds"))
-    assert reader.ids == ["qh9-dynamic:00000017:00000000", "qh9-dynamic:00000017:00000001"]
+    # <row>:<QH9 id>:<geo_id>; the row (here from decimal-text keys) is what QH9's splits use
+    assert reader.ids == ["qh9-dynamic:00000000:00000017:00000000",
+                          "qh9-dynamic:00000001:00000017:00000001"]
     for mol_id, rec in zip(reader.ids, qh9_waters):
         got = reader[mol_id]
         np.testing.assert_allclose(got["positions"], rec["positions"], atol=1e-12)  # Angstrom
