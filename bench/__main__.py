@@ -1,6 +1,7 @@
 """Command line: ``python -m bench [ops|models|all|ENTRY ...] [--quick] [--device cpu|cuda] [--out DIR]``.
 
-Also ``python -m bench compare A.json B.json [--out FILE]``.
+Also ``python -m bench compare A.json B.json [--out FILE]`` and ``python -m bench accuracy ...``
+(the model accuracy yardstick, ``bench/accuracy.py``).
 
 Results go to ``DIR/<device-name>/<quick|full>.{json,md}`` plus PNG plots
 (``DIR`` defaults to ``bench/results``).  While the run goes, the document so
@@ -49,6 +50,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         return _compare(argv[1:])
+    if argv[:1] == ["accuracy"]:
+        from .accuracy import main as accuracy_main
+
+        return accuracy_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("targets", nargs="*", default=["ops"], help="ops (default), models, all, or entry names (so2_message, rotate, ...)")
     ap.add_argument("--quick", action="store_true", help="small shapes and short timings (CI: < 3 min on 2 cores)")
