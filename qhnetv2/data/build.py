@@ -3,7 +3,9 @@
 Resumable by construction: the parent process writes every finished molecule
 (record or failure) in its own LMDB transaction; on restart, ids already
 present as a record or a failure are skipped.  A killed run therefore never
-loses or half-writes a molecule and never recomputes one.
+loses or half-writes a molecule and never recomputes one.  At the end the
+dataset's ``index.npz`` (atomic numbers, positions, AO counts: what a training
+run's start needs, see :mod:`.store`) is updated with the new records.
 """
 from __future__ import annotations
 

@@ -10,7 +10,10 @@ Checks, before anything is written:
   overrides, e.g. to inspect an unfinished run).
 
 The merged dataset is written to ``<out>.partial`` and renamed to ``<out>``
-at the end, so an interrupted merge leaves no half-dataset at ``out``.
+at the end, so an interrupted merge leaves no half-dataset at ``out``.  Its
+``index.npz`` (atomic numbers, positions, AO counts; see :mod:`.store`) joins the
+parts' indexes; records of a part without one are summarised from their small
+fields (never the matrices).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Any, Dict, List, Sequence
 from .build import _COMPARED
 from .geometries import make_id
 from .store import (FAILURE_PREFIX, META_KEY, DatasetWriter, _scan_ids, decode_json,
-                    open_readonly, release)
+                    open_readonly, read_index_file, release)
 
 
 def _expected_ids(sources: List[Dict[str, Any]], shard) -> List[str]:
@@ -118,7 +121,9 @@ def merge_datasets(parts: Sequence[str], out: str, allow_missing: bool = False,
                 dst.put(key, src.get(key))
         n_records += len(records)
         n_failures += len(failures)
-    writer.close()
+        indexed = read_index_file(p)
+        writer.add_summaries({i: indexed[i] for i in records if i in indexed})
+    writer.close()  # writes the merged index
     for p in parts:
         release(p)
     os.replace(tmp, out)

@@ -26,7 +26,8 @@ class Batch:
         target: ``[T]`` what the model learns: ``H - H_base`` (residual targets) or ``H``.
         hamiltonian: float64 ``[T]`` the true H (PySCF AO order, Hartree).
         base: float64 ``[T]`` the base Hamiltonian, or None (``target: full``).
-        overlap: B float64 matrices ``[n_ao, n_ao]``.
+        overlap: B float64 matrices ``[n_ao, n_ao]``, or empty when the records have none
+            (training batches: the loss does not use S; validation's orbital metrics do).
         eigvecs: B float64 matrices ``[n_ao, k]``, the label's generalised eigenvectors
             (``C^T S C = I``, ascending; for the eigenbasis loss), or empty;
         eigvals: B float64 ``[k]`` their orbital energies (kept on the CPU), or empty.
@@ -51,14 +52,17 @@ class Batch:
     def num_molecules(self) -> int:
         return len(self.ids)
 
-    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "Batch":
-        """Model inputs and ``target`` moved to ``device`` and cast to ``dtype``; ``eigvecs`` (if any:
-        only when the eigenbasis loss is on) moved to ``device`` in float64; the other float64
-        reference matrices stay on the CPU (for the metrics)."""
+    def to(self, device=None, dtype: Optional[torch.dtype] = None,
+           target_dtype: Optional[torch.dtype] = None) -> "Batch":
+        """Model inputs moved to ``device`` and cast to ``dtype``; ``target`` moved to ``device`` and
+        cast to ``target_dtype`` (default: ``dtype``; float64 keeps the label's digits, see
+        ``TrainConfig.target_dtype``); ``eigvecs`` (if any: only when the eigenbasis loss is on)
+        moved to ``device`` in float64; the other float64 reference matrices stay on the CPU
+        (for the metrics)."""
         return Batch(self.ids, self.atomic_numbers.to(device), self.positions.to(device=device, dtype=dtype),
                      self.batch.to(device), self.n_atoms, self.n_ao, self.n_occ, self.offsets,
-                     self.target.to(device=device, dtype=dtype), self.hamiltonian, self.base, self.overlap,
-                     [c.to(device) for c in self.eigvecs], self.eigvals)
+                     self.target.to(device=device, dtype=target_dtype or dtype), self.hamiltonian, self.base,
+                     self.overlap, [c.to(device) for c in self.eigvecs], self.eigvals)
 
     def unpack(self, flat: torch.Tensor) -> List[torch.Tensor]:
         """Per-molecule ``[n_ao, n_ao]`` views of a flat ``[T]`` buffer."""
@@ -86,7 +90,8 @@ def collate(records: Sequence[Dict], dtype: torch.dtype = torch.float64) -> Batc
     """Collate ``HamiltonianDataset`` items (dicts) into a :class:`Batch`.
 
     Each record needs ``atomic_numbers [n]``, ``positions [n, 3]``,
-    ``hamiltonian`` and ``overlap [n_ao, n_ao]`` and ``id``; if it has
+    ``hamiltonian [n_ao, n_ao]`` and ``id``, and may have ``overlap [n_ao, n_ao]``
+    (all records or none; validation's orbital metrics need it); if it has
     ``base_hamiltonian [n_ao, n_ao]`` (see ``qhnetv2.training.data.ResidualDataset``)
     the target is ``hamiltonian - base_hamiltonian``; ``label_eigenvectors [n_ao, k]``
     and ``label_orbital_energies [k]`` (same dataset, with an ``EigenCache``) become
@@ -118,6 +123,9 @@ def collate(records: Sequence[Dict], dtype: torch.dtype = torch.float64) -> Batc
         if c.dim() != 2 or c.shape[0] != h.shape[0]:
             raise ValueError(f"collate: molecule {r.get('id')}: label_eigenvectors {list(c.shape)} "
                              f"do not fit hamiltonian {list(h.shape)}")
+    has_s = ["overlap" in r and r["overlap"] is not None for r in records]
+    if any(has_s) and not all(has_s):
+        raise ValueError("collate: some records have overlap and some do not")
     h_flat = torch.cat([h.reshape(-1) for h in hs])
     base = None
     if all(has_base):
@@ -134,6 +142,6 @@ def collate(records: Sequence[Dict], dtype: torch.dtype = torch.float64) -> Batc
         batch=torch.repeat_interleave(torch.arange(len(records)), n_atoms),
         n_atoms=n_atoms, n_ao=n_ao, n_occ=n_occ, offsets=offsets,
         target=target.to(dtype), hamiltonian=h_flat, base=base,
-        overlap=[torch.as_tensor(r["overlap"], dtype=torch.float64) for r in records],
+        overlap=[torch.as_tensor(r["overlap"], dtype=torch.float64) for r in records] if all(has_s) else [],
         eigvecs=eigvecs, eigvals=eigvals,
     )

@@ -19,7 +19,8 @@ def cmd_train(args) -> int:
 
     config = load_config(args.config, max_steps=args.max_steps,
                          device=args.device)
-    summary = train(config, args.data, args.split, args.out, resume=args.resume, progress=not args.no_progress)
+    summary = train(config, args.data, args.split, args.out, resume=args.resume, progress=not args.no_progress,
+                    allow_schedule_change=args.allow_schedule_change)
     from . import distributed
     if distributed.rank() != 0:
         return 0
@@ -41,6 +42,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="run folder: checkpoints/{best,last}.pt, log.csv, tb/, learning_curve.png")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in RUN_DIR exactly where it stopped")
+    parser.add_argument("--allow-schedule-change", action="store_true",
+                        help="with --resume: continue even though max_steps, warmup_steps, lr, lr_decay or "
+                             "lr_floor differ from the run's (the new schedule applies from the current step); "
+                             "without it such a resume is refused")
     parser.add_argument("--max-steps", type=_positive, default=None, help="override the config's max_steps")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="override the config's device (default: the config's, auto = cuda if available)")

@@ -9,7 +9,8 @@ A config file (or a shipped preset name: ``tiny``, ``md17``, ``qh9``, see
       elements: null       # null: the elements of the train + valid molecules
       channels: 64         # (example override)
     target: minao          # full | core | minao  (residual over qhnetv2.baseline)
-    dtype: float32         # float32 | float64
+    dtype: float32         # float32 | float64  (model weights and activations)
+    target_dtype: float64  # float32 | float64  (targets, errors and loss sums)
     batch_size: 8          # global batch (molecules per step, over all ranks)
     lr: 5.0e-4
     ...
@@ -68,11 +69,25 @@ class TrainConfig:
     ~0.3 Hartree, which trains several times faster on residual targets.
     ``ema_decay``: 0 disables the exponential moving average of the weights;
     otherwise validation and ``best.pt`` use the EMA weights.
+    ``target_dtype``: dtype of the targets, of the error ``pred - target`` and of the loss
+    sums (the model still runs in ``dtype``; its float32 output is cast up before the
+    subtraction and the gradient flows back in float32).  Default ``float64``: with
+    ``target: full`` (the md17 and qh9 presets) core diagonal entries reach -20 Eh, where
+    a float32 ulp is about 2 uEh, and sums over a batch of ~10^6 entries lose more in
+    float32 accumulation -- a visible part of the ~10 uEh error level the field now
+    reaches.  The cost is one float64 copy of the target and of the error per batch
+    (16 bytes per H entry, small next to the model's activations).  ``float32`` gives
+    the behaviour of runs from before this option (a resumed old run keeps it).
+    ``val_max_molecules`` / ``atom_reference_molecules``: validate on / fit the atomic
+    reference to a random subset of this many valid / train molecules, drawn with
+    ``seed`` (``qhnetv2.training.data.seeded_subset``: the same on every rank and after
+    a resume; not the first N ids, which in catalogue order are the smallest molecules).
     """
 
     model: Dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
     target: str = "minao"
     dtype: str = "float32"
+    target_dtype: str = "float64"
     batch_size: int = 8
     lr: float = 5e-4
     weight_decay: float = 0.0
@@ -112,6 +127,8 @@ class TrainConfig:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.target_dtype not in ("float32", "float64"):
+            raise ValueError(f"target_dtype must be float32 or float64, got {self.target_dtype!r}")
         if self.lr_decay not in ("cosine", "linear"):
             raise ValueError(f"lr_decay must be cosine or linear, got {self.lr_decay!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -146,6 +163,11 @@ class TrainConfig:
         self.weight_decay = float(self.weight_decay)
         self.loss = normalize_loss(self.loss)
         return self
+
+    @property
+    def loss_dtype(self) -> str:
+        """The dtype of targets, errors and loss sums: ``target_dtype``, or float64 if the model is."""
+        return "float64" if "float64" in (self.dtype, self.target_dtype) else "float32"
 
     @property
     def eigen_loss(self) -> bool:

@@ -7,11 +7,16 @@
 (:class:`qhnetv2.training.eigenbasis_loss.EigenCache`, for the eigenbasis loss)
 it also adds the label's generalised eigenpairs ``label_orbital_energies [k]``
 and ``label_eigenvectors [n_ao, k]`` (float64), computed once per molecule.
+
+Startup data (no matrices): :func:`split_summaries` gives each molecule's atomic
+numbers, positions and AO count from the dataset's index (``qhnetv2.data.store``);
+:func:`seeded_subset` picks the validation and atomic-reference molecules.
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional
+import zlib
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -70,17 +75,49 @@ class ResidualDataset(torch.utils.data.Dataset):
         if self.eigen is not None:
             from .collate import n_occupied
 
-            e, c = self.eigen.get(cache_key(item["id"]), item["hamiltonian"].double().numpy(),
-                                  item["overlap"].double().numpy(), n_occupied(item), write=self.write)
+            mol_id = item["id"]
+            # the overlap is read only when the label's eigenvectors are not cached yet
+            # (training items leave it out: qhnetv2.data.torch_dataset.TRAINING_FIELDS)
+            overlap = item["overlap"].double().numpy() if "overlap" in item else \
+                (lambda: np.asarray(self.dataset.reader.read_field(mol_id, "overlap"), dtype=np.float64))
+            e, c = self.eigen.get(cache_key(mol_id), item["hamiltonian"].double().numpy(),
+                                  overlap, n_occupied(item), write=self.write)
             item["label_orbital_energies"] = torch.as_tensor(e, dtype=torch.float64)
             item["label_eigenvectors"] = torch.as_tensor(c, dtype=torch.float64)
         return item
 
 
+def split_summaries(dataset, write_cache: bool = True):
+    """``(atomic_numbers int64 [n_atoms], positions float64 [n_atoms, 3], n_ao)`` of every molecule
+    of ``dataset`` (a ``HamiltonianDataset``), in its order, from the dataset's index: no record
+    is read when the index covers them (``qhnetv2.data.store.dataset_index``)."""
+    return dataset.reader.summaries(write_cache=write_cache)
+
+
 def atomic_numbers_of(dataset) -> List[np.ndarray]:
-    """int64 ``[n_atoms]`` of every molecule (cheap: reads only that field)."""
-    reader = dataset.reader
-    return [np.asarray(reader.read_field(i, "atomic_numbers"), dtype=np.int64).reshape(-1) for i in reader.ids]
+    """int64 ``[n_atoms]`` of every molecule (from the dataset's index, see :func:`split_summaries`)."""
+    return [z for z, _, _ in split_summaries(dataset)]
+
+
+def seeded_subset(ids: Sequence[str], limit: Optional[int], seed: int, purpose: str) -> List[int]:
+    """Positions (ascending) in ``ids`` of a seeded random subset of ``limit`` molecules (all of them
+    when ``limit`` is None or not smaller than ``len(ids)``).
+
+    Replaces "the first ``limit`` sorted ids": if ids follow a catalogue order (QM9 numbers
+    molecules by size), the first ones are the smallest molecules, which biases the validation
+    error and the atomic-reference fit.  The choice depends only on the set of ids, ``seed`` and
+    ``purpose`` (a label such as ``"valid"`` that keeps different subsets independent), never on
+    the order of ``ids``, the rank or the process: every rank, and a resumed run, picks the same.
+    """
+    n = len(ids)
+    if limit is None or int(limit) >= n:
+        return list(range(n))
+    if int(limit) < 0:
+        raise ValueError(f"subset size must be >= 0 or None, got {limit!r}")
+    by_id = sorted(range(n), key=lambda k: ids[k])
+    rng = np.random.default_rng([int(seed), zlib.crc32(purpose.encode("utf-8"))])
+    chosen = rng.choice(n, size=int(limit), replace=False)
+    return sorted(by_id[int(k)] for k in chosen)
 
 
 def molecule_sizes(zs: List[np.ndarray], layout) -> np.ndarray:

@@ -124,13 +124,16 @@ class EigenCache:
 
     def get(self, key: str, hamiltonian, overlap, n_occ: int, write: bool = True) -> Tuple[np.ndarray, np.ndarray]:
         """``(energies [k], C [n_ao, k])`` of one molecule: read from the cache, or computed
-        (:func:`label_eigenvectors`) and, with ``write``, stored."""
+        (:func:`label_eigenvectors`) and, with ``write``, stored.  ``overlap`` may be a
+        zero-argument callable returning it, called only when the cache misses."""
         n_ao = int(np.shape(hamiltonian)[0])
         path = self.path(key)
         if os.path.exists(path):
             arr = np.load(path)
             if self._fits(arr, n_ao, n_occ):
                 return arr[0], arr[1:]
+        if callable(overlap):
+            overlap = overlap()
         e, c = label_eigenvectors(hamiltonian, overlap)
         k = n_ao if self.all_columns else n_columns(n_ao, n_occ, self.n_virtual, e)
         arr = np.ascontiguousarray(np.vstack([e[None, :k], c[:, :k]]))

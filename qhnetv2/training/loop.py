@@ -8,7 +8,16 @@ of ``qhnetv2.training.eigenbasis_loss`` (weighted mean over the global batch of
 the error in the label's orbital basis).  Each rank's loss is its share of the
 global sums divided by the global entry count (eigenbasis term: the global sum
 of its weights), times the world size, so after DDP's gradient averaging the
-step is exactly that of one process on the whole batch.
+step is exactly that of one process on the whole batch.  Targets, errors and
+loss sums are in ``config.target_dtype`` (float64 by default; see ``TrainConfig``).
+
+Startup reads no matrices: sizes, elements and the training domain come from the
+dataset's index (``qhnetv2.data.store``); training batches decode only
+``TRAINING_FIELDS`` (no overlap).  Validation and the atomic-reference fit use
+seeded random subsets (``val_max_molecules``, ``atom_reference_molecules``), the same
+on every rank and after a resume.  A resume refuses a changed learning-rate schedule
+(``max_steps``, ``warmup_steps``, ``lr``, ``lr_decay``, ``lr_floor``) unless
+``allow_schedule_change``.
 
 Run folder: ``checkpoints/{best,last}.pt``, ``log.csv``, ``tb/`` (TensorBoard,
 if installed), ``learning_curve.png``, ``config.yaml``, ``base_cache/``
@@ -35,7 +44,9 @@ from .sampler import BucketBatchSampler
 from .schedule import make_scheduler
 from .validate import validate
 
-_COMPAT_KEYS = ("model", "target", "dtype", "batch_size", "seed", "bucket", "loss")
+_COMPAT_KEYS = ("model", "target", "dtype", "target_dtype", "batch_size", "seed", "bucket", "loss")
+#: the learning-rate schedule: a resume with other values reshapes the rest of the run
+SCHEDULE_KEYS = ("max_steps", "warmup_steps", "lr", "lr_decay", "lr_floor")
 
 
 class _BatchForward(nn.Module):
@@ -68,10 +79,10 @@ def _write_yaml(path: str, data: Dict[str, Any]) -> None:
         yaml.safe_dump(data, f, sort_keys=False)
 
 
-def _fit_reference(model, dataset, limit: int) -> None:
-    """``model.fit_atom_reference`` on (up to ``limit``) training targets (``H - base`` if residual)."""
+def _fit_reference(model, dataset, indices) -> None:
+    """``model.fit_atom_reference`` on the training targets (``H - base`` if residual) of ``indices``."""
     def molecules():
-        for i in range(min(len(dataset), limit)):
+        for i in indices:
             item = dataset[i]
             h = item["hamiltonian"]
             if "base_hamiltonian" in item:
@@ -98,8 +109,61 @@ def _precompute_bases(dataset, num_workers: int, progress: bool) -> None:
         pass
 
 
+def entry_errors(pred: torch.Tensor, target: torch.Tensor):
+    """``(err, abs_sum, sq_sum)``: ``err = pred - target`` ``[T]`` in ``target``'s dtype (a float32
+    model output is cast up to float64 targets before the subtraction, so the label keeps its
+    digits; the gradient flows back to ``pred`` in its own dtype) and the 0-d sums of ``|err|``
+    and ``err^2`` accumulated in that dtype."""
+    err = pred.to(target.dtype) - target
+    return err, err.abs().sum(), err.pow(2).sum()
+
+
+def check_resume_config(old: Dict[str, Any], config: TrainConfig, run_dir: str,
+                        allow_schedule_change: bool = False) -> TrainConfig:
+    """Refuse to resume the run whose ``train_config`` is ``old`` with ``config`` if they differ
+    in a key that changes what is trained (``_COMPAT_KEYS``) or, unless ``allow_schedule_change``,
+    in the learning-rate schedule (:data:`SCHEDULE_KEYS`).  Returns ``config`` (adjusted for
+    runs from before ``target_dtype`` existed: those keep float32 targets)."""
+    from .config import normalize_loss
+
+    if "target_dtype" not in old:  # runs from before the option trained on float32 targets
+        old = dict(old, target_dtype="float32")
+        config = TrainConfig.from_dict(dict(config.to_dict(), target_dtype="float32"))
+        print(f"resume: the run in {run_dir} predates target_dtype; it keeps float32 targets", flush=True)
+    now = config.to_dict()
+    for key in _COMPAT_KEYS:
+        was = old.get(key)
+        if key == "loss" and isinstance(was, dict):  # runs from before the eigenbasis keys
+            was = normalize_loss(was)
+        if was != now[key]:
+            raise ValueError(f"--resume: {key} differs from the run in {run_dir} "
+                             f"({was!r} there, {now[key]!r} now)")
+    changed = [k for k in SCHEDULE_KEYS if k in old and old[k] != now[k]]
+    if changed and not allow_schedule_change:
+        what = ", ".join(f"{k}: {old[k]!r} there, {now[k]!r} now" for k in changed)
+        raise ValueError(f"--resume: the learning-rate schedule differs from the run in {run_dir} ({what}); "
+                         f"resuming would reshape the rest of its schedule.  Use the run's values, or "
+                         f"pass --allow-schedule-change (train(..., allow_schedule_change=True)) to "
+                         f"continue on the new schedule from the current step")
+    return config
+
+
+def _apply_schedule(optimizer, scheduler, config: TrainConfig) -> None:
+    """After loading a scheduler state under an allowed schedule change: the new base lr and
+    the new schedule's lr at the current step (``LambdaLR`` restores the old ones)."""
+    from .schedule import lr_factor
+
+    factor = lr_factor(scheduler.last_epoch, config.warmup_steps, config.max_steps, config.lr_decay,
+                       config.lr_floor)
+    scheduler.base_lrs = [config.lr for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = config.lr
+        group["lr"] = config.lr * factor
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
 def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, resume: bool = False,
-          progress: bool = True) -> Dict[str, Any]:
+          progress: bool = True, allow_schedule_change: bool = False) -> Dict[str, Any]:
     """Train a QHNetV2 model; returns a summary dict.
 
     Args:
@@ -109,6 +173,10 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
         out_dir: run folder (created).  Without ``resume`` it must not hold a run already.
         resume: continue from ``out_dir/checkpoints/last.pt`` exactly where it stopped
             (weights, optimizer, scheduler, EMA, data order, RNG); a fresh start if there is none.
+            Refused (``ValueError``) if ``config`` differs from the run's in what is trained or
+            in the learning-rate schedule.
+        allow_schedule_change: resume even if ``max_steps``, ``warmup_steps``, ``lr``,
+            ``lr_decay`` or ``lr_floor`` changed; the new schedule applies from the current step.
         progress: tqdm progress bar (rank 0).
 
     Returns:
@@ -119,15 +187,15 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
     """
     from qhnetv2.baseline import BaseCache
     from qhnetv2.data import HamiltonianDataset
-    from qhnetv2.domain import training_domain
+    from qhnetv2.data.torch_dataset import TRAINING_FIELDS
+    from qhnetv2.domain import build_domain
 
-    from .data import ResidualDataset, atomic_numbers_of, dataset_settings, molecule_sizes
+    from .data import ResidualDataset, dataset_settings, molecule_sizes, seeded_subset, split_summaries
 
     t_start = time.time()
     config = TrainConfig.from_dict(config.to_dict()) if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     rank, world, device = ddp.setup(config.device)
     is_main = rank == 0
-    dtype = torch.float64 if config.dtype == "float64" else torch.float32
     run_dir = os.path.abspath(out_dir)
     ckdir = checkpoint_dir(run_dir)
     last_path, best_path = os.path.join(ckdir, LAST), os.path.join(ckdir, BEST)
@@ -139,39 +207,44 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
     ckpt = None
     if resume and os.path.exists(last_path):
         ckpt = load_training_checkpoint(last_path)
-        old = ckpt["extra"]["train_config"]
-        for key in _COMPAT_KEYS:
-            was = old.get(key)
-            if key == "loss" and isinstance(was, dict):  # runs from before the eigenbasis keys
-                from .config import normalize_loss
-                was = normalize_loss(was)
-            if was != config.to_dict()[key]:
-                raise ValueError(f"--resume: {key} differs from the run in {run_dir} "
-                                 f"({was!r} there, {config.to_dict()[key]!r} now)")
+        config = check_resume_config(ckpt["extra"]["train_config"], config, run_dir, allow_schedule_change)
     elif not resume and os.path.exists(last_path):
         raise FileExistsError(f"{run_dir} already holds a run (checkpoints/last.pt); "
                               f"use --resume to continue it or choose another --out")
     elif resume and is_main:
         print(f"resume: no checkpoint in {ckdir}; starting a fresh run", flush=True)
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    loss_dtype = torch.float64 if config.loss_dtype == "float64" else torch.float32
 
     # ------------------------------------------------------------------ data
-    train_raw = HamiltonianDataset(data_dir, split_file=split_file, split="train")
-    valid_raw = HamiltonianDataset(data_dir, split_file=split_file, split="valid")
+    # training batches: no overlap (the loss does not use it); validation keeps it for the
+    # orbital metrics
+    train_raw = HamiltonianDataset(data_dir, split_file=split_file, split="train", fields=TRAINING_FIELDS)
+    valid_raw = HamiltonianDataset(data_dir, split_file=split_file, split="valid",
+                                   fields=TRAINING_FIELDS + (("overlap",) if config.val_orbitals else ()))
     if len(train_raw) == 0:
         raise ValueError(f"split {split_file}: the train split is empty")
-    if config.val_max_molecules is not None:
-        valid_raw = HamiltonianDataset(data_dir, ids=valid_raw.ids[: config.val_max_molecules])
+    if config.val_max_molecules is not None and config.val_max_molecules < len(valid_raw):
+        keep = seeded_subset(valid_raw.ids, config.val_max_molecules, config.seed, "valid")
+        valid_raw = HamiltonianDataset(data_dir, ids=[valid_raw.ids[i] for i in keep], fields=valid_raw.fields)
+    # atomic numbers, positions and AO counts from the dataset's index (no matrices read);
+    # rank 0 first, so that it alone writes the index of an old dataset
+    if is_main:
+        split_summaries(train_raw)
+    ddp.barrier()
+    train_summ = split_summaries(train_raw, write_cache=False)
+    valid_summ = split_summaries(valid_raw, write_cache=False)
     settings = dataset_settings(train_raw)
     basis = config.model.get("basis") or train_raw.meta.get("basis") or settings.get("basis")
     if not basis:
         raise ValueError("the dataset does not say its basis; set model.basis in the config")
     if settings.get("basis") and settings["basis"] != basis:
         raise ValueError(f"model.basis {basis!r} differs from the dataset's basis {settings['basis']!r}")
-    train_z = atomic_numbers_of(train_raw)
+    train_z = [z for z, _, _ in train_summ]
     elements = config.model.get("elements")
     if elements is None:
         import numpy as np
-        elements = sorted({int(a) for z in train_z + atomic_numbers_of(valid_raw) for a in np.unique(z)})
+        elements = sorted({int(a) for z in train_z + [z for z, _, _ in valid_summ] for a in np.unique(z)})
     cache = None
     if config.target != "full":
         cache = BaseCache(os.path.join(run_dir, "base_cache"), config.target, settings) if is_main else \
@@ -199,7 +272,8 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
     else:
         model = _build_model(config, basis, elements, dtype, device)
         if is_main:
-            _fit_reference(model, train_ds, config.atom_reference_molecules)
+            _fit_reference(model, train_ds, seeded_subset(train_ds.ids, config.atom_reference_molecules,
+                                                          config.seed, "atom_reference"))
     net = _BatchForward(model)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
@@ -211,6 +285,9 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
         st = ckpt["extra"]["train_state"]
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
+        old = ckpt["extra"]["train_config"]
+        if any(k in old and old[k] != config.to_dict()[k] for k in SCHEDULE_KEYS):  # allowed (checked above)
+            _apply_schedule(optimizer, scheduler, config)
         ema.load_state_dict(st["ema"])
         set_rng_state(st["rng"])
         step = int(ckpt["extra"]["step"])
@@ -224,7 +301,7 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=config.num_workers)
     val_ids = list(range(len(valid_ds)))[rank::world]
-    val_sizes = molecule_sizes(atomic_numbers_of(valid_raw), model.layout) if len(valid_ds) else []
+    val_sizes = molecule_sizes([z for z, _, _ in valid_summ], model.layout) if len(valid_ds) else []
     val_order = sorted(val_ids, key=lambda i: val_sizes[i])
     val_batches = [val_order[i : i + config.batch_size] for i in range(0, len(val_order), config.batch_size)]
     val_loader = torch.utils.data.DataLoader(valid_ds, batch_sampler=val_batches, collate_fn=collate,
@@ -236,7 +313,8 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
         log = RunLog(run_dir, resume_step=step if ckpt is not None else None)
     # what the model saw (elements, distances, bonding environments, sizes): predict/evaluate flag
     # molecules outside it (qhnetv2.domain); positions only, rank 0 writes the checkpoints
-    domain = training_domain(train_raw, model.config.cutoff, model.layout, train_z) if is_main else None
+    domain = build_domain(((z, pos) for z, pos, _ in train_summ), model.config.cutoff,
+                          model.layout.n_ao) if is_main else None
     base_extra = {"target": config.target, "settings": settings, "scf_settings": settings, "basis": basis,
                   "domain": domain,
                   "train_config": config.to_dict(), "data_dir": os.path.abspath(data_dir),
@@ -256,6 +334,7 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
     # entry loss sum, abs-error sum, entries, eigenbasis loss sum, eigenbasis weight sum,
     # orbital-energy error sum, orbital count (since the last log)
     acc = torch.zeros(7, dtype=torch.float64)
+    coll_dev = ddp.collective_device()  # where the per-step statistics are reduced
 
     def run_validation() -> Dict[str, float]:
         batches = (b for b in val_loader) if val_loader is not None else iter(())
@@ -274,10 +353,9 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
 
     model.train()
     for batch in loader:
-        b = batch.to(device, dtype)
+        b = batch.to(device, dtype, target_dtype=loss_dtype)
         pred = net(b.atomic_numbers, b.positions, b.batch)
-        err = pred - b.target
-        abs_sum, sq_sum = err.abs().sum(), err.pow(2).sum()
+        err, abs_sum, sq_sum = entry_errors(pred, b.target)
         eig_sum, eig_weight, orb_sum, orb_count = None, 0.0, None, 0
         if use_basis_term:
             e_abs, e_sq, eig_weight = batch_eigenbasis_sums(err, b, config.loss["n_virtual"], config.loss["w_rest"])
@@ -287,11 +365,13 @@ def train(config: TrainConfig, data_dir: str, split_file: str, out_dir: str, res
             # bench/results/cpu-amd-epyc-2t/spectrum_loss_demo)
             orb_sum, orb_count = batch_orbital_energy_sums(err, b, config.loss["n_virtual"], 0.0)
             orb_sum = w_orb * orb_sum
-        stats = torch.tensor([float(w_mae * abs_sum.detach() + w_mse * sq_sum.detach()), float(abs_sum.detach()),
-                              err.numel(), float(eig_sum.detach()) if eig_sum is not None else 0.0, eig_weight,
-                              float(orb_sum.detach()) if orb_sum is not None else 0.0, orb_count],
-                             dtype=torch.float64)
-        ddp.all_reduce_sum(stats)
+        # built on the collective device (the model's GPU under NCCL) and reduced there;
+        # one copy back to the host for the scalars below
+        parts = [w_mae * abs_sum.detach() + w_mse * sq_sum.detach(), abs_sum.detach(), float(err.numel()),
+                 eig_sum.detach() if eig_sum is not None else 0.0, float(eig_weight),
+                 orb_sum.detach() if orb_sum is not None else 0.0, float(orb_count)]
+        stats = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=coll_dev).reshape(()) for x in parts])
+        stats = ddp.all_reduce_sum(stats).cpu()
         loss = (w_mae * abs_sum + w_mse * sq_sum) * (world / stats[2].item())
         if eig_sum is not None:
             loss = loss + (eig_sum * (world / stats[4].item())).to(loss.dtype)

@@ -52,6 +52,9 @@ def batch_metrics(batch: Batch, pred_flat: torch.Tensor, index, layout, orbitals
     true = batch.unpack(batch.hamiltonian)
     slices = ao_slices_of(batch, index, layout)
     if orbitals:
+        if len(batch.overlap) != batch.num_molecules:
+            raise ValueError("validation with orbital metrics needs the overlap matrices in the batch "
+                             "(a dataset read with the overlap field)")
         m = hamiltonian_metrics(pred, true, batch.overlap, batch.n_occ.numpy(), ao_slices=slices)
         out = {k: [float(v) for v in m["per_molecule"][k]] for k in METRIC_KEYS}
     else:
