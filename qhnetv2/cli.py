@@ -110,10 +110,11 @@ def missing_extra_message(command: str, modules: Sequence[str]) -> str:
 
 
 def _show_domain_warnings(show):
-    """``warnings.showwarning`` that prints a DomainWarning as one ``qhnetv2: warning:`` line."""
+    """``warnings.showwarning`` that prints a DomainWarning or ConsistencyWarning as one
+    ``qhnetv2: warning:`` line."""
     def showwarning(message, category, filename, lineno, file=None, line=None):
         # by name: importing qhnetv2.domain (NumPy) here would slow down --help
-        if category.__name__ == "DomainWarning":
+        if category.__name__ in ("DomainWarning", "ConsistencyWarning"):
             print(f"qhnetv2: warning: {message}", file=sys.stderr, flush=True)
         else:
             show(message, category, filename, lineno, file, line)

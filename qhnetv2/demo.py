@@ -116,6 +116,19 @@ def format_table(res: Dict[str, Any]) -> str:
         row("energy error E[D(H_pred)]-E_ref, mean (mEh)", m.get("energy_error_uEh"), "14.3f", 1e-3),
         row("|energy error|, mean (mEh)", m.get("energy_abs_error_uEh"), "14.3f", 1e-3),
         row("dipole error, mean (Debye)", m.get("dipole_error_D"), "14.3f"),
+    ]
+    rf = res.get("refined")
+    if rf:
+        # F[D(H_pred)]: one Fock build from the predicted density (qhnetv2.consistency)
+        r = rf.get("metrics") or {}
+        lines += [
+            row("predictions not self-consistent (count)", rf.get("n_not_self_consistent"), "14.0f"),
+            row("after one Fock build F[D(H_pred)]: H MAE (uEh)", r.get("hamiltonian_mae_uEh")),
+            row("  lowest-10 virtual orbital-energy MAE (uEh)", r.get("virtual_orbital_energy_mae_uEh")),
+            row("  HOMO-LUMO gap error, mean (eV)", r.get("gap_error_eV"), "14.3f"),
+            row("  HOMO-LUMO gap error, max (eV)", r.get("gap_error_max_eV"), "14.3f"),
+        ]
+    lines += [
         row("mean SCF cycles from the model", s.get("mean_cycles_pred"), "14.2f"),
         row("mean SCF cycles from PySCF minao", s.get("mean_cycles_minao"), "14.2f"),
     ]
@@ -214,7 +227,7 @@ def run_demo(out: str = "qhnetv2-demo", quick: bool = False, steps: Optional[int
 
     say(f"evaluating on {len(split['test'])} held-out geometries; SCF from the model vs from minao")
     res = evaluate(tsum["best_checkpoint"], data, ids=split["test"], scf=len(split["test"]),
-                   device="cuda" if cuda else "cpu")
+                   device="cuda" if cuda else "cpu", refine=True)
     base_cycles = None
     if base_scf and cfg.target != "full":
         from .baseline import base_hamiltonian
@@ -234,6 +247,7 @@ def run_demo(out: str = "qhnetv2-demo", quick: bool = False, steps: Optional[int
         "recipe": f"{xc}/{basis}", "target": cfg.target, "steps": tsum["steps"],
         "n_train": len(split["train"]), "n_valid": len(split["valid"]), "n_test": len(split["test"]),
         "metrics": res["metrics"], "scf": {k: v for k, v in res["scf"].items()},
+        "refined": res.get("refined"),
         "base_cycles": base_cycles, "training": tsum, "timings": timings,
         "device": "GPU" if cuda else f"CPU ({ncpu} cores)", "run_dir": run,
         "checkpoint": tsum["best_checkpoint"], "learning_curve": tsum["learning_curve"],

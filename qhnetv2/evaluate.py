@@ -134,7 +134,7 @@ def scf_acceleration(items: Sequence[Dict[str, Any]], settings: Dict[str, Any],
 def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, scf: int = 0,
              batch_size: int = 8, device: Optional[str] = None, extra: Optional[Dict[str, Any]] = None,
              progress: bool = False, energy_tol: Optional[float] = None,
-             density: Optional[int] = None) -> Dict[str, Any]:
+             density: Optional[int] = None, refine: bool = False) -> Dict[str, Any]:
     """Evaluate a model on (a subset of) a labelled dataset.
 
     Args:
@@ -147,6 +147,10 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
         device: ``cpu``, ``cuda``, ... (default: keep the model's device; for a path, auto).
         density: the density metrics (energy, dipole) on the first ``density``
             molecules; ``None``: all, ``0``: none.
+        refine: also the self-consistency check and the metrics of the one-Fock-build
+            Hamiltonian ``F[D(H_pred)]`` (:mod:`qhnetv2.consistency`; one Fock build per
+            molecule): ``result["refined"]`` and, per molecule, ``self_consistent``,
+            ``gap_shift_eV``, ``refined_gap_error_eV``, ``refined_hamiltonian_mae_uEh``.
     Returns:
         ``{"metrics": {<METRIC_KEYS>}, "metrics_hartree": {...}, "per_molecule": [...],
         "n_molecules", "n_density_molecules", "basis", "target", "dataset", "checkpoint",
@@ -182,6 +186,8 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
     meta_settings = dict(reader.meta.get("settings") or {})
     keys = RAW_KEYS + (DENSITY_KEYS if n_density else ())
     per_values: Dict[str, List[float]] = {k: [] for k in keys}
+    refined_values: Dict[str, List[float]] = {k: [] for k in RAW_KEYS}
+    consistency: List[Dict[str, Any]] = []
     mol_ids: List[str] = []
     scf_items: List[Dict[str, Any]] = []
     bar = None
@@ -210,6 +216,18 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
                                 ao_slices=[_ao_slices(layout, r["atomic_numbers"]) for r in recs])
         for k in RAW_KEYS:
             per_values[k].extend(float(v) for v in m["per_molecule"][k])
+        if refine:
+            from .consistency import check_predictions
+
+            checks = check_predictions(preds, [r["atomic_numbers"] for r in recs], [r["positions"] for r in recs],
+                                       dict(meta_settings, basis=model.config.basis), charges=charges)
+            # an open-shell molecule has no refinement: its prediction stands in (and is counted as such)
+            refined = [c["refined"] if c["refined"] is not None else h for c, h in zip(checks, preds)]
+            mr = hamiltonian_metrics(refined, [r["hamiltonian"] for r in recs], [r["overlap"] for r in recs], n_occ,
+                                     ao_slices=[_ao_slices(layout, r["atomic_numbers"]) for r in recs])
+            for k in RAW_KEYS:
+                refined_values[k].extend(float(v) for v in mr["per_molecule"][k])
+            consistency.extend({k: v for k, v in c.items() if k != "refined"} for c in checks)
         if n_density:
             # molecules past the first n_density get NaN (left out of the means, null in the JSON)
             sel = [j for j in range(len(recs)) if start + j < n_density]
@@ -243,6 +261,13 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
         row = {"id": mol_id}
         row.update(to_micro_hartree({k: per_values[k][i] for k in keys}))
         row.update(in_domain[i])  # in_domain, domain_reasons (DomainWarning for each outside)
+        if refine:
+            c = consistency[i]
+            row["self_consistent"] = c.get("self_consistent")
+            row["gap_shift_eV"] = c.get("gap_shift_eV", float("nan"))
+            r = to_micro_hartree({k: refined_values[k][i] for k in ("hamiltonian_mae", "gap_error")})
+            row["refined_hamiltonian_mae_uEh"] = r["hamiltonian_mae_uEh"]
+            row["refined_gap_error_eV"] = r["gap_error_eV"]
         per_molecule.append(row)
     result: Dict[str, Any] = {
         "checkpoint": checkpoint,
@@ -256,7 +281,18 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
         "metrics_hartree": means,
         "per_molecule": per_molecule,
         "scf": None,
+        "refined": None,
     }
+    if refine:
+        from .consistency import CONSISTENCY_TOL_EV
+
+        rmeans = summarize(refined_values)
+        result["refined"] = {
+            "what": "F[D(H_pred)]: one Fock build from the predicted density (qhnetv2.consistency)",
+            "metrics": to_micro_hartree(rmeans), "metrics_hartree": rmeans,
+            "n_not_self_consistent": sum(c.get("self_consistent") is False for c in consistency),
+            "n_not_checked": sum(c.get("self_consistent") is None for c in consistency),
+            "tol_eV": CONSISTENCY_TOL_EV}
     if scf:
         result["scf"] = scf_acceleration(scf_items, _scf_settings(reader), energy_tol=energy_tol)
     return result
@@ -279,6 +315,15 @@ def format_result(result: Dict[str, Any]) -> str:
             lines.append(f"  {k:42s} {float('nan') if v is None else v:12.4f}")
     if result.get("n_density_molecules") not in (None, result["n_molecules"]):
         lines.append(f"  (energy and dipole errors on the first {result['n_density_molecules']} molecules)")
+    rf = result.get("refined")
+    if rf:
+        lines.append(f"after one Fock build from the predicted density (F[D(H_pred)]); "
+                     f"{rf['n_not_self_consistent']} molecules not self-consistent "
+                     f"(gap moves more than {rf['tol_eV']} eV):")
+        for k in ("hamiltonian_mae_uEh", "orbital_energy_mae_uEh", "virtual_orbital_energy_mae_uEh",
+                  "lumo_error_eV", "gap_error_eV", "gap_error_max_eV", "max_orbital_energy_error_max_eV"):
+            if k in rf["metrics"]:
+                lines.append(f"  refined {k:34s} {rf['metrics'][k]:12.4f}")
     s = result.get("scf")
     if s:
         lines.append(f"DFT acceleration on {s['n_molecules']} molecules ({s['n_errors']} errors):")

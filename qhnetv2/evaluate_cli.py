@@ -22,7 +22,7 @@ def cmd_evaluate(args) -> int:
         ids = load_split(args.split, args.subset or "test")
     result = evaluate(args.checkpoint, args.data, ids=ids, scf=args.scf, batch_size=args.batch_size,
                       device=args.device, progress=not args.no_progress, energy_tol=args.energy_tol,
-                      density=args.density)
+                      density=args.density, refine=args.refine)
     print(format_result(result), flush=True)
     if args.json:
         write_result(result, args.json)
@@ -51,6 +51,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "molecules only (default: all; 0: none)")
     parser.add_argument("--energy-tol", type=float, default=None,
                         help="allowed |E(pred) - E(minao)| in Hartree (default 10 x the dataset's conv_tol)")
+    parser.add_argument("--refine", action="store_true",
+                        help="also check self-consistency and report the metrics of F[D(H_pred)], one Fock "
+                             "build from the predicted density (qhnetv2/consistency.py)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write all results (per molecule too) here")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=8, help="molecules per forward pass (default 8)")

@@ -48,7 +48,23 @@ key                           shape / dtype   meaning
                                               the checkpoint records none)
 ``<id>/domain_reasons``       [] str          JSON list of why not (``[]`` when inside), e.g.
                                               ``["element F not in the training set (...)"]``
+``<id>/self_consistent``      [] int8         1: one Fock build from the predicted density moves
+                                              the gap by at most 0.5 eV; 0: it moves it more (the
+                                              frontier spectrum is not trustworthy); -1: not
+                                              checked (open shell, ``--no-check``, no functional)
+``<id>/gap_shift_eV``         [] float64      how far that Fock build moves the gap (NaN: unchecked)
+``<id>/homo_lumo_gap_refined_eV`` [] float64  the gap of ``F[D(H_pred)]`` (NaN: unchecked)
+``<id>/hamiltonian_network``  [n_ao, n_ao]    with ``--refine`` only: the unrefined prediction
+                                              (``<id>`` then holds ``F[D(H_pred)]``)
 ============================  ==============  =====================================================
+
+**Self-consistency** (:mod:`qhnetv2.consistency`, on by default, one Fock build per
+molecule with the checkpoint's functional): a prediction with small entry-wise errors
+can still carry a spurious virtual orbital (an error along a poorly conditioned overlap
+direction); the domain check cannot see that, because it is about the prediction, not
+the input.  Such molecules get a warning line and ``self_consistent`` 0.  ``--refine``
+returns ``F[D(H_pred)]`` itself, the first SCF iteration from the prediction, whose
+spectrum does not have that failure (measured in docs/model.md, "Self-consistency").
 
 For odd electron counts ``homo`` is the singly occupied orbital (the model was trained
 on closed-shell molecules; such predictions are outside its training domain).
@@ -119,14 +135,16 @@ def write_npz_atomic(path: str, arrays: Dict[str, np.ndarray]) -> None:
 def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: Optional[str] = None,
                        batch_size: int = 16, device: Optional[str] = None,
                        extra: Optional[Dict[str, Any]] = None, smiles_seed: int = 0,
-                       progress: bool = False) -> Dict[str, Any]:
+                       progress: bool = False, check: bool = True, refine: bool = False) -> Dict[str, Any]:
     """Predict every molecule of ``geometries`` and write ``out`` (see the module doc).
 
     Returns a summary: ``n_molecules``, ``n_ok``, ``n_failed``, ``failures`` {id: reason},
     ``out``, ``gaps_eV`` {id: HOMO-LUMO gap in eV}, ``mean_gap_eV``, ``out_of_domain``
     {id: [reasons]} (predicted, but outside the training domain; each also a
-    :class:`qhnetv2.domain.DomainWarning`) and ``domain_checked``.
+    :class:`qhnetv2.domain.DomainWarning`), ``domain_checked``, ``not_self_consistent``
+    {id: gap shift in eV} and ``consistency_checked`` (``check``; ``refine`` implies it).
     """
+    import warnings
     from .data.geometries import embed_smiles, read_geometries
     from .inference import domain_flags, model_and_extra, predict_hamiltonians, target_of, training_info
 
@@ -148,7 +166,22 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
     model, extra, checkpoint = model_and_extra(model_or_ckpt, device, extra)
     target = target_of(extra)
     basis = model.config.basis
-    domain_checked = training_info(model, extra)["domain"] is not None
+    info = training_info(model, extra)
+    domain_checked = info["domain"] is not None
+    check = bool(check or refine)
+    scf_settings = dict(info.get("settings") or {})
+    if check and not scf_settings.get("xc"):
+        if refine:
+            raise ValueError("--refine needs the functional the labels were made with; the checkpoint "
+                             "records no SCF settings")
+        warnings.warn("the checkpoint records no SCF settings: the self-consistency check is skipped",
+                      stacklevel=2)
+        check = False
+    if check:
+        from .consistency import CONSISTENCY_TOL_EV, ConsistencyWarning, check_predictions
+        from .inference import base_settings
+        scf_settings = base_settings(model, {"settings": scf_settings})
+    not_consistent: Dict[str, float] = {}
 
     failures: Dict[str, str] = {}
     ready: List[Dict[str, Any]] = []
@@ -202,14 +235,38 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
             if h is None:
                 continue
             n_el = int(g["atomic_numbers"].sum()) - g["charge"]
+            key = g["id"]
+            c = None
+            if check:
+                try:
+                    c = check_predictions([h], [g["atomic_numbers"]], [g["positions"]], scf_settings,
+                                          charges=[g["charge"]])[0]
+                except Exception as exc:
+                    failures[key] = f"self-consistency check: {type(exc).__name__}: {exc}"
+                    continue
+                if c["self_consistent"] is False:
+                    not_consistent[key] = c["gap_shift_eV"]
+                    warnings.warn(f"molecule {key}: the prediction is not self-consistent: one Fock build from "
+                                  f"its density moves the HOMO-LUMO gap by {c['gap_shift_eV']:.2f} eV (more than "
+                                  f"{CONSISTENCY_TOL_EV} eV); its orbital spectrum is not trustworthy"
+                                  + ("" if refine else " (--refine gives F[D(H_pred)])"), ConsistencyWarning,
+                                  stacklevel=2)
+            if refine and c is not None and c["refined"] is not None:
+                arrays[f"{key}/hamiltonian_network"] = np.asarray(h, dtype=np.float64)
+                h = c["refined"]
             try:
                 S = overlap_matrix(g["atomic_numbers"], g["positions"], basis, g["charge"])
                 orb = orbital_summary(h, S, n_el)
             except Exception as exc:
-                failures[g["id"]] = f"orbital energies: {type(exc).__name__}: {exc}"
+                failures[key] = f"orbital energies: {type(exc).__name__}: {exc}"
+                arrays.pop(f"{key}/hamiltonian_network", None)
                 continue
-            key = g["id"]
             arrays[key] = np.asarray(h, dtype=np.float64)
+            ok = None if c is None else c["self_consistent"]
+            arrays[f"{key}/self_consistent"] = np.int8(-1 if ok is None else int(ok))
+            arrays[f"{key}/gap_shift_eV"] = np.float64(c["gap_shift_eV"] if ok is not None else math.nan)
+            arrays[f"{key}/homo_lumo_gap_refined_eV"] = np.float64(c["gap_refined_eV"] if ok is not None
+                                                                   else math.nan)
             arrays[f"{key}/atomic_numbers"] = g["atomic_numbers"]
             arrays[f"{key}/positions"] = g["positions"]
             arrays[f"{key}/charge"] = np.int64(g["charge"])
@@ -233,7 +290,8 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
             "units": {"hamiltonian": "Hartree", "positions": "Angstrom", "orbital_energies": "Hartree",
                       "homo": "Hartree", "lumo": "Hartree", "homo_lumo_gap": "Hartree",
                       "homo_lumo_gap_eV": "eV"},
-            "ao_order": "pyscf", "settings": (extra or {}).get("settings"), "domain_checked": domain_checked}
+            "ao_order": "pyscf", "settings": (extra or {}).get("settings"), "domain_checked": domain_checked,
+            "consistency_checked": check, "refined": bool(refine)}
     arrays["ids"] = np.array(done, dtype=str)
     arrays["failed_ids"] = np.array(failed, dtype=str)
     arrays["failed_reasons"] = np.array([failures[i] for i in failed], dtype=str)
@@ -245,4 +303,5 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
             "gaps_eV": {i: g * HARTREE_TO_EV for i, g in zip(done, gaps)},
             "mean_gap_eV": float(np.mean(gaps)) * HARTREE_TO_EV if gaps else math.nan,
             "out_of_domain": {i: flag_of[i]["domain_reasons"] for i in done if not flag_of[i]["in_domain"]},
-            "domain_checked": domain_checked}
+            "domain_checked": domain_checked, "consistency_checked": check,
+            "not_self_consistent": {i: not_consistent[i] for i in done if i in not_consistent}}

@@ -229,18 +229,18 @@ class QHNetV2(nn.Module):
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
     def predict(self, atomic_numbers, positions_angstrom, charge: int = 0, full: bool = True,
-                check_domain: bool = True) -> np.ndarray:
+                check_domain: bool = True, refine: bool = False) -> np.ndarray:
         """The full Kohn-Sham ``H[n_ao, n_ao]`` of one molecule: float64 NumPy, Hartree, PySCF AO order.
 
         See :meth:`predict_many` (``charge`` matters only for a ``minao`` target).
         """
         return self.predict_many([atomic_numbers], [positions_angstrom], charges=[charge], full=full,
-                                 check_domain=check_domain)[0]
+                                 check_domain=check_domain, refine=refine)[0]
 
     @torch.no_grad()
     def predict_many(self, atomic_numbers: Sequence, positions: Sequence, batch_size: int = 32,
                      charges: Optional[Sequence[int]] = None, full: bool = True,
-                     check_domain: bool = True) -> List[np.ndarray]:
+                     check_domain: bool = True, refine: bool = False) -> List[np.ndarray]:
         """Full Kohn-Sham Hamiltonians of many molecules (float64 NumPy, Hartree, PySCF AO order), batched.
 
         Args:
@@ -254,6 +254,11 @@ class QHNetV2(nn.Module):
                 the network output only, as ``model(...)`` gives it.
             check_domain: a ``qhnetv2.domain.DomainWarning`` for each molecule outside the
                 training domain recorded in the checkpoint (see :meth:`check_domain`).
+            refine: return ``F[D(H)]`` instead, one Fock build (the checkpoint's functional,
+                PySCF) from the closed-shell density of the prediction
+                (:mod:`qhnetv2.consistency`): the first SCF iteration started from it, whose
+                virtual spectrum a small error along a poorly conditioned overlap direction
+                cannot spoil.  Open-shell molecules keep the prediction (a warning says so).
         """
         from ..inference import full_hamiltonians
 
@@ -275,8 +280,28 @@ class QHNetV2(nn.Module):
             h, index = self.forward_batch(torch.cat(zs).to(dev), torch.cat(ps).to(dev), batch.to(dev))
             out.extend(m.double().cpu().numpy() for m in index.unpack(h))
         if not full:
+            if refine:
+                raise ValueError("refine=True needs full=True (the refinement acts on the full Hamiltonian)")
             return out
-        return full_hamiltonians(self, self.target, self.settings, atomic_numbers, positions, out, charges)
+        hs = full_hamiltonians(self, self.target, self.settings, atomic_numbers, positions, out, charges)
+        if not refine:
+            return hs
+        import warnings
+
+        from ..consistency import check_predictions
+        from ..inference import base_settings
+
+        if not (self.settings or {}).get("xc"):
+            raise ValueError("refine=True needs the functional the labels were made with; this model carries "
+                             "no SCF settings (load a trained checkpoint, or set model.settings = {'xc': ...})")
+        checks = check_predictions(hs, atomic_numbers, positions, base_settings(self, {"settings": self.settings}),
+                                   charges=charges)
+        refined = []
+        for k, (c, h) in enumerate(zip(checks, hs)):
+            if c["refined"] is None:
+                warnings.warn(f"molecule {k}: {c['reason']}; returning the unrefined prediction", stacklevel=2)
+            refined.append(h if c["refined"] is None else c["refined"])
+        return refined
 
     def check_domain(self, atomic_numbers, positions_angstrom, margin: Optional[float] = None,
                      rel_margin: Optional[float] = None) -> Tuple[bool, List[str]]:
