@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The one command for the full GPU suite on a fresh GPU machine that has torch,
-# triton and nvcc but no network:
+# SUPERSEDED for a first run on a lent GPU by scripts/gpu_first_run.sh (one command of at most
+# 9 minutes, each phase under its own timeout, everything under $OUT; docs/gpu_first_run.md).
+# This script stays the full benchmark sweep: it has no time limits and a full sweep takes far
+# longer than one 10-minute device command (rerun it: --resume continues where it stopped).
+#
+# The full GPU suite on a fresh GPU machine that has torch, triton and nvcc but no network:
 #
 #   bash bench/gpu.sh            # build, GPU tests, every benchmark (full sweeps)
 #   bash bench/gpu.sh --quick    # same with the quick sweeps (extra args go to `python -m bench`)
@@ -10,20 +14,23 @@
 #    no torch re-resolution), falling back to `setup.py build_ext --inplace`;
 # 2. runs the tests marked `gpu`;
 # 3. runs `python -m bench all --device cuda --resume`, writing JSON, Markdown and plots
-#    to bench/results/<gpu-name>/ (BENCH_OUT overrides the root).  The finished
+#    to $OUT/<gpu-name>/ when OUT is set (the device tool's folder, whose contents come
+#    back), else to $BENCH_OUT/<gpu-name>/, else bench/results/<gpu-name>/.  The finished
 #    cases are checkpointed as they go, so rerunning the script after a
 #    time-out continues where the last run stopped.
 #
 # Environment: PYTHON (default python3), MAX_JOBS (default: all cores),
 # WHEELS (a folder of .whl files to install first, e.g. e3nn where missing),
-# BENCH_OUT, LOG (default $BENCH_OUT/gpu-suite.log).
+# OUT, BENCH_OUT, LOG (default <results root>/gpu-suite.log).
 # Exit status: 0 when the build, the tests and the benchmark's correctness
 # checks all passed; the benchmark still runs when the tests fail.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-OUT=${BENCH_OUT:-bench/results}
+# $OUT first: the device tool collects only what is written under it (BENCH_OUT used to win and
+# sent the log and results to bench/results/, which does not come back)
+OUT=${OUT:-${BENCH_OUT:-bench/results}}
 mkdir -p "$OUT"
 LOG=${LOG:-$OUT/gpu-suite.log}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
