@@ -41,6 +41,7 @@ import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..dispatch import register_impl
+from ._launch import on_device
 from .rotate import acc_dtype, tl_acc
 
 
@@ -328,8 +329,9 @@ def assemble_blocks_forward(features, wigner, item_atoms, item_type, invariant, 
     if wb == 0:
         return out
     np_, bu, nw = _tile(lmax_shell, features.device, features.dtype)
-    _assemble_fwd_kernel[(triton.cdiv(wb, bu),)](*tensors, out, unit_start[-1:], kc, pw, NP=np_, BU=bu,
-                                                  ACC=tl_acc(features.dtype), num_warps=nw)
+    with on_device(features):
+        _assemble_fwd_kernel[(triton.cdiv(wb, bu),)](*tensors, out, unit_start[-1:], kc, pw, NP=np_, BU=bu,
+                                                      ACC=tl_acc(features.dtype), num_warps=nw)
     return out
 
 
@@ -363,17 +365,18 @@ def assemble_blocks_backward(grad, features, wigner, item_atoms, item_type, inva
                 part = torch.empty(n_items * max_part, dtype=adt, device=dev)
             else:
                 part_off = part = unit_sp  # never dereferenced
-            _assemble_bwd_kernel[(triton.cdiv(wb, bu),)](
-                grad.contiguous(), *tensors, gf_acc if need_features else grad, part, part_off, unit_start[-1:], kc,
-                pw,
-                NEED_F=bool(need_features), NEED_W=bool(need_wigner), NP=np_, BU=bu, ACC=tl_acc(features.dtype),
-                num_warps=nw,
-            )
-            if need_wigner:
-                _wigner_reduce_kernel[(n_items, lmax_shell + 1)](
-                    part, part_off, unit_start, unit_sp, tensors[10], gw_out, pw,
-                    NP=np_, BU=bu, ACC=tl_acc(features.dtype), num_warps=nw,
+            with on_device(features):
+                _assemble_bwd_kernel[(triton.cdiv(wb, bu),)](
+                    grad.contiguous(), *tensors, gf_acc if need_features else grad, part, part_off, unit_start[-1:], kc,
+                    pw,
+                    NEED_F=bool(need_features), NEED_W=bool(need_wigner), NP=np_, BU=bu, ACC=tl_acc(features.dtype),
+                    num_warps=nw,
                 )
+                if need_wigner:
+                    _wigner_reduce_kernel[(n_items, lmax_shell + 1)](
+                        part, part_off, unit_start, unit_sp, tensors[10], gw_out, pw,
+                        NP=np_, BU=bu, ACC=tl_acc(features.dtype), num_warps=nw,
+                    )
     if need_features:
         gf = gf_acc.to(features.dtype)
     if need_wigner:

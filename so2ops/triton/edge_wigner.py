@@ -23,6 +23,7 @@ from ..dispatch import register_impl
 from ..layout import wigner_size
 from ..ops._common import autograd_backward
 from ..wigner_tables import num_points, wigner_tables
+from ._launch import on_device
 
 
 @triton.constexpr_function
@@ -138,6 +139,11 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _block_e(device: torch.device, lmax: int) -> int:
+    """``BLOCK_E`` of ``_edge_wigner_fwd_kernel``."""
+    return 64 if device.type == "cpu" else (32 if lmax <= 4 else 16)
+
+
 def edge_wigner_forward(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
     """``[E, 3] -> [E, wigner_size(lmax)]`` (dtype of ``edge_vec``)."""
     e = edge_vec.shape[0]
@@ -147,13 +153,14 @@ def edge_wigner_forward(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
         return out
     cdt = _compute_dtype(edge_vec.dtype)
     points, pinv = wigner_tables(lmax, cdt, edge_vec.device)
-    block_e = 64 if edge_vec.device.type == "cpu" else (32 if lmax <= 4 else 16)
+    block_e = _block_e(edge_vec.device, lmax)
     grid = (triton.cdiv(e, block_e),)
-    _edge_wigner_fwd_kernel[grid](
-        edge_vec.contiguous(), points, pinv, out, e,
-        LMAX=lmax, NPTS=num_points(lmax), P=p, ACC=tl.float64 if cdt == torch.float64 else tl.float32,
-        BLOCK_E=block_e,
-    )
+    with on_device(edge_vec):
+        _edge_wigner_fwd_kernel[grid](
+            edge_vec.contiguous(), points, pinv, out, e,
+            LMAX=lmax, NPTS=num_points(lmax), P=p, ACC=tl.float64 if cdt == torch.float64 else tl.float32,
+            BLOCK_E=block_e,
+        )
     return out
 
 

@@ -36,6 +36,7 @@ import triton.language as tl
 from ..dispatch import register_impl
 from ..layout import spectral_size
 from ..reference.so2_tensor_product import grid_basis
+from ._launch import on_device
 from .rotate import acc_dtype, tl_acc
 
 
@@ -188,10 +189,11 @@ def so2_grid_product_forward(spectral: torch.Tensor, coeffs: torch.Tensor, mmax:
     basis, scale = _tables(mmax, grid, acc_dtype(spectral.dtype), spectral.device)
     nh, hh, nu, s, nup, sp = _launch_args(spectral)
     block, nw = _block(spectral.device, nh, nup, sp, False, spectral.dtype)
-    _grid_fwd_kernel[(triton.cdiv(nh, block),)](
-        spectral, coeffs, basis, scale, out, nh, hh, grid,
-        NU=nu, S=s, NUP=nup, SP=sp, ACC=tl_acc(spectral.dtype), BLOCK=block, num_warps=nw,
-    )
+    with on_device(spectral):
+        _grid_fwd_kernel[(triton.cdiv(nh, block),)](
+            spectral, coeffs, basis, scale, out, nh, hh, grid,
+            NU=nu, S=s, NUP=nup, SP=sp, ACC=tl_acc(spectral.dtype), BLOCK=block, num_warps=nw,
+        )
     return out
 
 
@@ -214,11 +216,12 @@ def so2_grid_product_backward(grad, spectral, coeffs, mmax, grid, need_spectral,
     basis, scale = _tables(mmax, grid, acc_dtype(spectral.dtype), spectral.device)
     nh, hh, nu, s, nup, sp = _launch_args(spectral)
     block, nw = _block(spectral.device, nh, nup, sp, True, spectral.dtype)
-    _grid_bwd_kernel[(triton.cdiv(nh, block),)](
-        grad, spectral, coeffs, basis, scale, gs if need_spectral else grad, gc if need_coeffs else grad,
-        nh, hh, grid, NU=nu, S=s, NUP=nup, SP=sp, NEED_S=bool(need_spectral), NEED_C=bool(need_coeffs),
-        ACC=tl_acc(spectral.dtype), BLOCK=block, num_warps=nw,
-    )
+    with on_device(spectral):
+        _grid_bwd_kernel[(triton.cdiv(nh, block),)](
+            grad, spectral, coeffs, basis, scale, gs if need_spectral else grad, gc if need_coeffs else grad,
+            nh, hh, grid, NU=nu, S=s, NUP=nup, SP=sp, NEED_S=bool(need_spectral), NEED_C=bool(need_coeffs),
+            ACC=tl_acc(spectral.dtype), BLOCK=block, num_warps=nw,
+        )
     return gs, gc
 
 

@@ -27,6 +27,7 @@ import triton.language as tl
 
 from ..dispatch import register_impl
 from ..layout import mod_offset, num_coeffs, num_mod, weight_blocks, weight_size
+from ._launch import on_device
 from .rotate import acc_dtype, tl_acc
 
 
@@ -256,10 +257,11 @@ def so2_apply(inp, weight, modulation, lmax, mmax, cin, cout, transpose=False, x
         if nms == 0:
             continue
         grid = (triton.cdiv(e, be), triton.cdiv((lmax + 1 - m0) * k_out, bn), nms)
-        _so2_apply_kernel[grid](
-            inp, weight, woff, mod, out if out is not None else dummy, x if x is not None else dummy,
-            gmod if gmod is not None else dummy, e, k_in, k_out, cin, nm, M0=m0, PAIR=pair, **common,
-        )
+        with on_device(inp):
+            _so2_apply_kernel[grid](
+                inp, weight, woff, mod, out if out is not None else dummy, x if x is not None else dummy,
+                gmod if gmod is not None else dummy, e, k_in, k_out, cin, nm, M0=m0, PAIR=pair, **common,
+            )
     return out, gmod
 
 
@@ -287,11 +289,12 @@ def so2_grad_weight(grad, x, modulation, lmax, mmax, cin, cout):
         if nms == 0:
             continue
         grid = (triton.cdiv((lmax + 1 - m0) * cout, bn), triton.cdiv((lmax + 1 - m0) * cin, bk), nms * split)
-        _so2_grad_weight_kernel[grid](
-            grad, x, mod, woff, part, e, cin, cout, num_mod(lmax, mmax), wsize, split, chunk,
-            LMAX=lmax, M0=m0, PAIR=pair, MOD_IN=modulation is not None, ACC=tl_acc(x.dtype),
-            BLOCK_E=be, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw,
-        )
+        with on_device(x):
+            _so2_grad_weight_kernel[grid](
+                grad, x, mod, woff, part, e, cin, cout, num_mod(lmax, mmax), wsize, split, chunk,
+                LMAX=lmax, M0=m0, PAIR=pair, MOD_IN=modulation is not None, ACC=tl_acc(x.dtype),
+                BLOCK_E=be, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw,
+            )
     return part.sum(0).to(x.dtype)
 
 

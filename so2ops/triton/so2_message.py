@@ -19,15 +19,23 @@ of edges x output channels and, one output degree ``l`` at a time:
 
 No ``[E, (lmax+1)**2, C]`` tensor exists in the forward; the price is that the
 frame-rotated inputs are recomputed per output degree (cheap next to the GEMM).
-On sm_90 this kernel still spills registers at every tile size tried
-(``python -m bench.triton_aot --ptxas``); the cuda backend is the default on GPUs.
+On sm_90 the GPU launch (``_fwd_launch``: 16 x 16 x 16 tiles, 8 warps, no
+software pipelining) needs no register spills at lmax 4, C 128
+(``python -m bench.triton_aot --all``); the cuda backend is the default on GPUs.
 
 Backward (``so2_message_backward``): recomputes the per-edge tensors with the
 ``rotate`` and ``so2_linear`` Triton kernels (gradient of ``out = sum_e D^T
 Lin(D x[src])``): ``gy = D g[tgt]``, ``gxr = Lin^T gy`` (+ modulation grad),
 ``dW = sum_e gy xr^T`` (deterministic split reduction), ``dD`` from both
 rotations, and ``gx = scatter_src(D^T gxr)`` by atomics or, deterministic, by
-a segmented sum over edges sorted by source.
+a segmented sum over edges sorted by source.  It materialises per-edge
+``[E, K, C]`` tensors (``xr``, ``gy``, ``y`` for the Wigner gradient, ``gxr``,
+and ``D^T gxr`` when deterministic), ordered so that at most three are alive
+at once; the cuda backend's tiled backward keeps none.
+
+Index entries outside ``[0, N)`` read zeros and receive nothing (no
+out-of-bounds access when value checks are off); with value checks on the
+launchers raise an ``IndexError`` naming ``edge_index``.
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ import triton.language as tl
 
 from ..dispatch import register_impl
 from ..layout import num_mod
+from ._launch import check_rows, on_device
 from .rotate import acc_dtype, rotate_apply, rotate_grad_wigner, tl_acc
 from .so2_linear import block_offsets, so2_apply, so2_grad_weight
 
@@ -65,12 +74,13 @@ def _min(a, b):
 
 @triton.jit
 def _degree_message(
-    x_ptr, wig_ptr, W_ptr, woff_ptr, mod_ptr, e64, me, src, co, mco, CI, CO, NM,
+    x_ptr, wig_ptr, W_ptr, woff_ptr, mod_ptr, e64, me, src, mx, co, mco, CI, CO, NM,
     L: tl.constexpr, LMAX: tl.constexpr, MMAX: tl.constexpr, MOD: tl.constexpr, ACC: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
 ):
     """Contribution ``D_l^T (Lin(D x[src]))_l`` of the edges ``e64`` to output degree ``L``:
-    ``[BLOCK_E, pow2(2L+1), BLOCK_CO]`` (rows ``a >= 2L+1`` are zero)."""
+    ``[BLOCK_E, pow2(2L+1), BLOCK_CO]`` (rows ``a >= 2L+1`` are zero).  ``mx``: the edges whose
+    ``src`` row exists (the others read zeros)."""
     K: tl.constexpr = (LMAX + 1) * (LMAX + 1)
     P: tl.constexpr = _woff(LMAX + 1)
     NL: tl.constexpr = 2 * L + 1
@@ -94,19 +104,21 @@ def _degree_message(
             NJ = 2 * lp + 1
             # rows +-m of D_{l'} (the only frame coefficients this order needs), one column j at a
             # time: 2-D [BLOCK_E, BLOCK_CI] terms only.  The earlier [BLOCK_E, 2l'+1, BLOCK_CI] gather
-            # and product summed over j spilled more on sm_90 (`python -m bench.triton_aot --ptxas`,
-            # lmax 4 / C 128: 44 kB of spill stores per thread, now 33 kB; the kernel still spills).
+            # and product summed over j spilled more on sm_90 (`python -m bench.triton_aot`, lmax 4 /
+            # C 128: 44 kB of spill stores per thread, then 33 kB; none now, see _fwd_launch).
             d_row_p = wig_ptr + e64 * P + _woff(lp) + (lp + m) * NJ
             d_row_n = wig_ptr + e64 * P + _woff(lp) + (lp - m) * NJ
             wrow = ((L - m) * CO + co)[None, :] * (LM * CI)  # W[(l-m)*CO + co, (l'-m)*CI + ci]
             for ci0 in range(0, CI, BLOCK_CI):
                 ci = ci0 + tl.arange(0, BLOCK_CI).to(tl.int64)
                 mci = ci < CI
-                m_eci = me[:, None] & mci[None, :]
+                m_eci = mx[:, None] & mci[None, :]
                 x_row = x_ptr + src[:, None] * (K * CI) + ci[None, :]
                 a_p = tl.zeros((BLOCK_E, BLOCK_CI), ACC)
                 a_n = tl.zeros((BLOCK_E, BLOCK_CI), ACC)
-                for j in tl.static_range(2 * lp + 1):
+                # a runtime loop, not unrolled: the Wigner entries it loads do not depend on ci, and unrolled
+                # they were all hoisted out of the ci loop and held in registers (spills on sm_90)
+                for j in range(2 * lp + 1):
                     xj = tl.load(x_row + (lp * lp + j) * CI, mask=m_eci, other=0.0).to(ACC)
                     a_p += tl.load(d_row_p + j, mask=me, other=0.0).to(ACC)[:, None] * xj
                     if m > 0:
@@ -166,8 +178,11 @@ def _so2_message_fwd_kernel(
                 me = pos < seg_hi
                 e64 = tl.load(perm_ptr + pos, mask=me, other=0)
                 src = tl.load(src_ptr + e64, mask=me, other=0)
+                ok = (src >= 0) & (src < N)  # a bad src reads zeros; a bad tgt is in no segment
+                src = tl.where(ok, src, 0)
                 tgt = tl.load(tgt_ptr + e64, mask=me, other=-1)
-                contrib = _degree_message(x_ptr, wig_ptr, W_ptr, woff_ptr, mod_ptr, e64, me, src, co, mco, CI, CO, NM,
+                contrib = _degree_message(x_ptr, wig_ptr, W_ptr, woff_ptr, mod_ptr, e64, me, src, me & ok, co, mco,
+                                          CI, CO, NM,
                                           l, LMAX, MMAX, MOD, ACC, BLOCK_E, BLOCK_CO, BLOCK_CI)
                 onehot = (tgt[None, :] == t[:, None]).to(ACC)
                 acc += tl.dot(onehot, tl.reshape(contrib, (BLOCK_E, _pow2(2 * l + 1) * BLOCK_CO)), input_precision="ieee").to(ACC)
@@ -182,13 +197,18 @@ def _so2_message_fwd_kernel(
         e64 = e.to(tl.int64)
         src = tl.load(src_ptr + e64, mask=me, other=0)
         tgt = tl.load(tgt_ptr + e64, mask=me, other=0)
+        # rows outside [0, N): a bad src reads zeros, a bad tgt receives nothing (never out of bounds)
+        ok_s = (src >= 0) & (src < N)
+        ok_t = (tgt >= 0) & (tgt < N)
+        src = tl.where(ok_s, src, 0)
+        tgt = tl.where(ok_t, tgt, 0)
         for l in tl.static_range(LMAX + 1):
             NL = 2 * l + 1
             a = tl.arange(0, _pow2(2 * l + 1)).to(tl.int64)
-            contrib = _degree_message(x_ptr, wig_ptr, W_ptr, woff_ptr, mod_ptr, e64, me, src, co, mco, CI, CO, NM,
-                                      l, LMAX, MMAX, MOD, ACC, BLOCK_E, BLOCK_CO, BLOCK_CI)
+            contrib = _degree_message(x_ptr, wig_ptr, W_ptr, woff_ptr, mod_ptr, e64, me, src, me & ok_s, co, mco,
+                                      CI, CO, NM, l, LMAX, MMAX, MOD, ACC, BLOCK_E, BLOCK_CO, BLOCK_CI)
             ptr = out_ptr + tgt[:, None, None] * (K * CO) + ((l * l + a) * CO)[None, :, None] + co[None, None, :]
-            msk = me[:, None, None] & (a < NL)[None, :, None] & mco[None, None, :]
+            msk = (me & ok_t)[:, None, None] & (a < NL)[None, :, None] & mco[None, None, :]
             tl.atomic_add(ptr, contrib.to(out_ptr.dtype.element_ty), mask=msk)
 
 
@@ -216,6 +236,11 @@ def csr_by(index: torch.Tensor, n: int):
     return perm, rowptr
 
 
+def _segment_block(device: torch.device, r: int) -> int:
+    """``BLOCK`` (columns per program) of ``_segment_sum_kernel`` for rows of ``r`` values."""
+    return min(triton.next_power_of_2(max(r, 1)), 4096 if device.type == "cpu" else 1024)
+
+
 def segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     """Deterministic ``out[i] = sum_{e: index[e] = i} values[e]`` for ``values [E, ...]`` -> ``[n, ...]``."""
     out = torch.empty((n,) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device)
@@ -223,23 +248,40 @@ def segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tens
         return out
     perm, rowptr = csr_by(index, n)
     r = math.prod(values.shape[1:])
-    block = min(triton.next_power_of_2(max(r, 1)), 4096 if values.device.type == "cpu" else 1024)
-    _segment_sum_kernel[(n, triton.cdiv(r, block))](
-        values.contiguous(), perm, rowptr, out, r, ACC=tl_acc(values.dtype), BLOCK=block
-    )
+    block = _segment_block(values.device, r)
+    with on_device(values):
+        _segment_sum_kernel[(n, triton.cdiv(r, block))](
+            values.contiguous(), perm, rowptr, out, r, ACC=tl_acc(values.dtype), BLOCK=block
+        )
     return out
 
 
 def _fwd_tiles(device: torch.device, lmax: int, ci: int, co: int):
+    """``(BLOCK_E, BLOCK_CO, BLOCK_CI)`` of the fused forward (see ``_fwd_launch``)."""
+    return _fwd_launch(device, lmax, ci, co)[:3]
+
+
+def _fwd_launch(device: torch.device, lmax: int, ci: int, co: int, segmented: bool = False):
+    """``(BLOCK_E, BLOCK_CO, BLOCK_CI, num_warps, num_stages)`` of ``_so2_message_fwd_kernel``
+    (``num_stages`` ``None``: Triton's default)."""
     if device.type == "cpu":  # interpreter: few, fat programs
-        return 64, max(16, min(triton.next_power_of_2(co), 64)), max(16, min(triton.next_power_of_2(ci), 64))
-    bco = 32 if lmax <= 4 else 16
-    return 16, max(16, min(triton.next_power_of_2(co), bco)), max(16, min(triton.next_power_of_2(ci), 32 if lmax <= 4 else 16))
+        return 64, max(16, min(triton.next_power_of_2(co), 64)), max(16, min(triton.next_power_of_2(ci), 64)), 4, None
+    # sm_90, fp32, lmax 4, mmax 2, C 128 (`python -m bench.triton_aot --all --only so2_message`): [16, 16, 16]
+    # at 8 warps and 1 stage needs 255 registers and no spills; at 4 warps it spilled 0.8 KB, [16, 32, 32]
+    # 2-5 KB (4 or 8 warps), and the former [16, 32, 32] at 4 warps and 3 stages 33 KB.  Every tl.dot
+    # operand needs >= 16 rows / columns, so these are the smallest tiles.
+    return 16, 16, 16, 8, 1
+
+
+def _seg_targets(device: torch.device) -> int:
+    """``BLOCK_T``: target nodes per program of the deterministic (segmented) forward."""
+    return 64 if device.type == "cpu" else 16
 
 
 def so2_message_forward(x, wigner, edge_index, weight, modulation, lmax, mmax, out_channels, deterministic):
     """``[N, K, C_in] -> [N, K, C_out]``; see the module docstring."""
     n, k, ci = x.shape
+    check_rows("edge_index", edge_index, n)
     co = out_channels
     e = wigner.shape[0]
     dev = x.device
@@ -247,22 +289,26 @@ def so2_message_forward(x, wigner, edge_index, weight, modulation, lmax, mmax, o
         return torch.zeros(n, k, co, dtype=x.dtype, device=dev)
     src, tgt = edge_index[0].contiguous(), edge_index[1].contiguous()
     woff = block_offsets(lmax, mmax, ci, co, dev)
-    be, bco, bci = _fwd_tiles(dev, lmax, ci, co)
+    be, bco, bci, nw, ns = _fwd_launch(dev, lmax, ci, co, deterministic)
     mod = modulation if modulation is not None else x
     common = dict(LMAX=lmax, MMAX=mmax, MOD=modulation is not None, ACC=tl_acc(x.dtype),
-                  BLOCK_E=be, BLOCK_CO=bco, BLOCK_CI=bci)
+                  BLOCK_E=be, BLOCK_CO=bco, BLOCK_CI=bci, num_warps=nw)
+    if ns is not None:
+        common["num_stages"] = ns
     if deterministic:
         perm, rowptr = csr_by(tgt, n)
         out = torch.empty(n, k, co, dtype=x.dtype, device=dev)
-        bt = 64 if dev.type == "cpu" else 16
+        bt = _seg_targets(dev)
         grid = (triton.cdiv(n, bt), triton.cdiv(co, bco))
-        _so2_message_fwd_kernel[grid](x, wigner, src, tgt, perm, rowptr, weight, woff, mod, out,
-                                      e, n, ci, co, num_mod(lmax, mmax), SEGMENTED=True, BLOCK_T=bt, **common)
+        with on_device(x):
+            _so2_message_fwd_kernel[grid](x, wigner, src, tgt, perm, rowptr, weight, woff, mod, out,
+                                          e, n, ci, co, num_mod(lmax, mmax), SEGMENTED=True, BLOCK_T=bt, **common)
         return out
     out = torch.zeros(n, k, co, dtype=acc_dtype(x.dtype), device=dev)
     grid = (triton.cdiv(e, be), triton.cdiv(co, bco))
-    _so2_message_fwd_kernel[grid](x, wigner, src, tgt, src, src, weight, woff, mod, out,
-                                  e, n, ci, co, num_mod(lmax, mmax), SEGMENTED=False, BLOCK_T=16, **common)
+    with on_device(x):
+        _so2_message_fwd_kernel[grid](x, wigner, src, tgt, src, src, weight, woff, mod, out,
+                                      e, n, ci, co, num_mod(lmax, mmax), SEGMENTED=False, BLOCK_T=16, **common)
     return out.to(x.dtype)
 
 
@@ -271,6 +317,7 @@ def so2_message_backward(grad, x, wigner, edge_index, weight, modulation, lmax, 
     """``(grad_x [N,K,C_in], grad_wigner [E,P], grad_weight [W], grad_modulation [E,M,C_in])``,
     ``[0]`` tensors where not needed."""
     n, k, ci = x.shape
+    check_rows("edge_index", edge_index, n)
     co = out_channels
     e = wigner.shape[0]
     need_mod = need_mod and modulation is not None
@@ -287,20 +334,25 @@ def so2_message_backward(grad, x, wigner, edge_index, weight, modulation, lmax, 
             gm = torch.zeros_like(modulation)
         return gx, gwig, gw, gm
     src, tgt = edge_index[0].contiguous(), edge_index[1].contiguous()
+    # ordered so that at most three [E, K, C] tensors are alive at once (xr, gy and y or gxr)
     xr = rotate_apply(x, wigner, lmax, gather=src)  # edge-frame inputs  [E, K, C_in]
     gy = rotate_apply(grad, wigner, lmax, gather=tgt)  # d/dy of sum D^T y: D g[tgt]  [E, K, C_out]
+    if need_weight:
+        gw = so2_grad_weight(gy, xr, modulation, lmax, mmax, ci, co)
+    if need_wigner:
+        # out = D^T y: dD[m, a] = sum_c y[m] g[tgt][a]
+        y, _ = so2_apply(xr, weight, modulation, lmax, mmax, ci, co)
+        gwig = rotate_grad_wigner(y, grad, lmax, e, b_index=tgt)
+        del y
     gxr = None
     if need_x or need_wigner or need_mod:
         gxr, gmod = so2_apply(gy, weight, modulation, lmax, mmax, ci, co, transpose=True, x=xr,
                               need_out=need_x or need_wigner, need_gmod=need_mod)
         if need_mod:
             gm = gmod
-    if need_weight:
-        gw = so2_grad_weight(gy, xr, modulation, lmax, mmax, ci, co)
-    if need_wigner:
-        y, _ = so2_apply(xr, weight, modulation, lmax, mmax, ci, co)
-        # out = D^T y: dD[m, a] = sum_c y[m] g[tgt][a];  xr = D x[src]: dD[m, j] = sum_c gxr[m] x[src][j]
-        gwig = rotate_grad_wigner(y, grad, lmax, e, b_index=tgt) + rotate_grad_wigner(gxr, x, lmax, e, b_index=src)
+    del xr, gy
+    if need_wigner:  # xr = D x[src]: dD[m, j] = sum_c gxr[m] x[src][j]
+        gwig += rotate_grad_wigner(gxr, x, lmax, e, b_index=src)
     if need_x:
         if deterministic:
             gx = segment_sum(rotate_apply(gxr, wigner, lmax, transpose=True), src, n)
