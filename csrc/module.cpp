@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "so2ops/layout.h"
+#include "so2ops/tile_knob.h"
 
 TORCH_LIBRARY(so2ops_C, m) {
   m.def("edge_wigner_forward(Tensor edge_vec, Tensor points, Tensor pinv, int lmax) -> Tensor");
@@ -77,5 +78,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("compiled_with_cuda", &compiled_with_cuda, "True when the CUDA kernels were built into this extension.");
   m.def("lmax_supported", []() { return so2ops::kLmaxSupported; },
         "Largest degree lmax the compiled kernels accept (so2ops.layout.LMAX_SUPPORTED).");
+  // The tile knob (so2ops/tile_knob.h); so2ops.testing.tile_size(n) is the context manager around it.
+  m.def("set_tile_override", &so2ops::set_tile_override, pybind11::arg("n"),
+        "Force at most n edges per tile (and smaller CUDA slabs / grids) in the compiled kernels; "
+        "n <= 0 restores their own choice.  Returns the previous setting (0: none).");
+  m.def("tile_override", &so2ops::tile_override,
+        "The forced tile size in effect (set_tile_override, else SO2OPS_TILE_EDGES), 0 when none.");
 }
 #endif

@@ -1,7 +1,15 @@
 """assemble_blocks: rotation equivariance with PySCF's AO rotations as the independent
 truth (def2-SVP, def2-TZVP with f shells), the e3nn -> PySCF change of basis against
-PySCF's AO values, invariant-only blocks, bad input, and every backend against the reference."""
+PySCF's AO values, invariant-only blocks, bad input, and every backend against the reference.
+
+PySCF is optional: the basis layouts come from a fixed table (tests/data/basis_layouts.json,
+checked against PySCF where it is installed), and without PySCF the AO rotations are built from
+e3nn's Wigner-D and ``so2ops.e3nn_to_pyscf`` (checked against PySCF's own rotations and AO values
+where it is installed).  So every backend case, the GPU ones included, runs on a machine without
+PySCF; only the tests that compare with PySCF itself are skipped there."""
 import importlib
+import json
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -14,12 +22,16 @@ from so2ops.dispatch import implementations
 
 from _helpers import FAST, assert_close, backend_params, require
 
-pyscf = pytest.importorskip("pyscf")
-from pyscf import gto  # noqa: E402
-from pyscf.symm import Dmatrix  # noqa: E402
-from scipy.linalg import block_diag  # noqa: E402
+try:
+    from pyscf import gto
+    from pyscf.symm import Dmatrix
+    from scipy.linalg import block_diag
 
-from qhnetv2.data.basis import element_shells  # noqa: E402
+    from qhnetv2.data.basis import element_shells
+except ImportError:  # the GPU machine has no PySCF
+    gto = None
+
+needs_pyscf = pytest.mark.skipif(gto is None, reason="PySCF is not installed")
 
 F32, F64 = torch.float32, torch.float64
 OP = "assemble_blocks"
@@ -35,9 +47,26 @@ def _require(backend, device):
         pytest.skip(f"backend {backend!r} has not registered {OP!r} yet (registered: {implementations(OP)})")
 
 
+LAYOUTS_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "basis_layouts.json")
+
+
+@lru_cache(maxsize=None)
+def _layout_table():
+    with open(LAYOUTS_JSON) as f:
+        return {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+
+
 @lru_cache(maxsize=None)
 def basis(name, elements):
-    """``BasisLayout`` of a PySCF basis for ``elements`` (a tuple of atomic numbers)."""
+    """``BasisLayout`` of basis ``name`` for ``elements`` (a tuple of atomic numbers), from the fixed
+    table (no PySCF needed; ``test_fixed_layouts_match_pyscf`` checks it against PySCF)."""
+    shells = _layout_table()[name]
+    return so2ops.BasisLayout({z: shells[str(z)] for z in elements}, name=name)
+
+
+@lru_cache(maxsize=None)
+def pyscf_basis(name, elements):
+    """The same layout read from PySCF (``qhnetv2.data.basis.element_shells``)."""
     return so2ops.BasisLayout({z: [l for l, _ in element_shells(name, z)] for z in elements}, name=name)
 
 
@@ -121,6 +150,23 @@ def pyscf_ao_rotation(layout, zs, q):
     return torch.from_numpy(block_diag(*[per_l[l] for z in zs for l in layout.shell_ls(int(z))]))
 
 
+def e3nn_ao_rotation(layout, zs, q):
+    """``D_AO(Q)`` without PySCF: per shell ``U_l D_e3nn^l(Q) U_l^T`` with ``U_l = e3nn_to_pyscf(l)``
+    (``Y_pyscf(Q v) = U_l Y_e3nn(Q v) = U_l D^l(Q) U_l^T Y_pyscf(v)``).  Equal to ``pyscf_ao_rotation``
+    (``test_e3nn_ao_rotation_matches_pyscf``)."""
+    d = e3nn_d(q, layout.lmax_shell)
+    per_l = {}
+    for l in range(layout.lmax_shell + 1):
+        u = so2ops.e3nn_to_pyscf(l)
+        per_l[l] = u @ d[l * l : (l + 1) ** 2, l * l : (l + 1) ** 2] @ u.T
+    return torch.block_diag(*[per_l[l] for z in zs for l in layout.shell_ls(int(z))])
+
+
+def ao_rotation(layout, zs, q):
+    """PySCF's AO rotation where PySCF is installed (the independent truth), else ``e3nn_ao_rotation``."""
+    return e3nn_ao_rotation(layout, zs, q) if gto is None else pyscf_ao_rotation(layout, zs, q)
+
+
 def _assemble(backend, x, w, layout, z, items, batch, invariant):
     with so2ops.use_backend(backend):
         return so2ops.assemble_blocks(x, w, layout, z, items, batch, invariant)
@@ -131,6 +177,7 @@ def _rel_err(a, b):
 
 
 # ------------------------------------------------------------------ PySCF as the independent truth
+@needs_pyscf
 @pytest.mark.parametrize("l", [0, 1, 2, 3, 4])
 def test_e3nn_to_pyscf_matches_pyscf_ao_values(l):
     """Fit ``U_l`` with ``Y_pyscf = U_l Y_e3nn`` from PySCF's AO values of a single shell."""
@@ -147,6 +194,7 @@ def test_e3nn_to_pyscf_matches_pyscf_ao_values(l):
     torch.testing.assert_close(so2ops.e3nn_to_pyscf(l), fit, rtol=0, atol=1e-12)
 
 
+@needs_pyscf
 @pytest.mark.parametrize("name,elements", [("def2-svp", (H_, C_, N_, O_)), ("def2-tzvp", (C_, O_))])
 def test_pyscf_ao_rotation_matches_ao_values(name, elements):
     """The Euler-angle convention of ``pyscf_ao_rotation``: rotate the atoms, evaluate the AOs."""
@@ -162,6 +210,36 @@ def test_pyscf_ao_rotation_matches_ao_values(name, elements):
     d = pyscf_ao_rotation(layout, zs, q)
     assert d.shape == (mol.nao, mol.nao)
     assert _rel_err(ao @ d.T, ao_q) < 1e-12
+
+
+@needs_pyscf
+@pytest.mark.parametrize("name,elements", [("def2-svp", (H_, C_, N_, O_)), ("def2-tzvp", (C_, O_))])
+def test_fixed_layouts_match_pyscf(name, elements):
+    """tests/data/basis_layouts.json (the layouts every test uses) == PySCF's shells."""
+    assert basis(name, elements) == pyscf_basis(name, elements)
+    assert [basis(name, elements).shell_ls(z) for z in elements] == [pyscf_basis(name, elements).shell_ls(z)
+                                                                      for z in elements]
+
+
+@needs_pyscf
+@pytest.mark.parametrize("name,elements", [("def2-svp", (H_, C_, N_, O_)), ("def2-tzvp", (C_, O_))])
+def test_e3nn_ao_rotation_matches_pyscf(name, elements):
+    """The PySCF-free AO rotation (used where PySCF is missing) equals PySCF's."""
+    layout = basis(name, elements)
+    for seed in (5, 6):
+        q = random_rotation(seed)
+        torch.testing.assert_close(e3nn_ao_rotation(layout, list(elements), q),
+                                   pyscf_ao_rotation(layout, list(elements), q), rtol=0, atol=1e-12)
+
+
+def test_e3nn_ao_rotation_is_a_representation():
+    """Without PySCF too: ``D_AO`` is orthogonal and ``D_AO(Q1 Q2) = D_AO(Q1) D_AO(Q2)`` (def2-TZVP: f shells)."""
+    layout = basis("def2-tzvp", (C_, O_))
+    q1, q2 = random_rotation(1), random_rotation(2)
+    d1, d2 = e3nn_ao_rotation(layout, [C_, O_], q1), e3nn_ao_rotation(layout, [C_, O_], q2)
+    assert d1.shape == (2 * layout.n_ao(C_),) * 2
+    torch.testing.assert_close(d1 @ d1.T, torch.eye(d1.shape[0], dtype=F64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(e3nn_ao_rotation(layout, [C_, O_], q1 @ q2), d1 @ d2, rtol=0, atol=1e-12)
 
 
 BASES = [("def2-svp", (H_, C_, N_, O_), [1, 2, 5]), ("def2-tzvp", (C_, O_), [1, 2, 3])]
@@ -189,7 +267,7 @@ def test_rotating_the_molecule_rotates_H_like_pyscf(backend, device, name, eleme
         outs.append([m.cpu() for m in index.unpack(h.cpu())])
     atoms = torch.split(z, [int(s) for s in sizes])
     for h, h_q, zs in zip(*outs, atoms):
-        d = pyscf_ao_rotation(layout, zs.tolist(), q)
+        d = ao_rotation(layout, zs.tolist(), q)
         assert h.abs().max() > 0.1
         torch.testing.assert_close(h, h.T, rtol=0, atol=1e-13 * float(h.abs().max()))
         assert _rel_err(h_q, d @ h @ d.T) < 1e-12
@@ -216,7 +294,7 @@ def test_invariant_block_of_an_isolated_atom_is_rotation_invariant(backend, devi
     h = h1.cpu().view(n, n)
     assert h.abs().max() > 0.1
     for seed in (1, 2, 3):
-        d = pyscf_ao_rotation(layout, [z], random_rotation(seed))
+        d = ao_rotation(layout, [z], random_rotation(seed))
         assert _rel_err(d @ h @ d.T, h) < 1e-12
 
 

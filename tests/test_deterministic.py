@@ -5,18 +5,25 @@ backend: ``so2_message`` and ``so2_frame_linear`` get ``deterministic=True`` (th
 reduction) even when called with ``deterministic=False``, and the Triton
 ``rotate`` backward with a gather index takes its segmented sum instead of
 atomics.  The other kernels have no atomics whose order matters (docs/conventions.md).
+
+The tests do not set ``CUBLAS_WORKSPACE_CONFIG``: ``import so2ops`` does when it is unset
+(``so2ops.ops._common.ensure_cublas_workspace_config``), and the cuda cases would catch a
+regression (ATen refuses cuBLAS GEMMs in deterministic mode without it); the subprocess tests
+check it from a clean environment.
 """
 import os
+import subprocess
+import sys
+import textwrap
 
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS determinism (gpu variant)
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import so2ops
+from so2ops import dispatch
+from so2ops.ops import _common
 
-import so2ops  # noqa: E402
-from so2ops import dispatch  # noqa: E402
-
-from _helpers import backend_params, message_inputs, require  # noqa: E402
+from _helpers import backend_params, message_inputs, require
 
 L, M, CI, CO, N, E = 2, 1, 3, 2, 5, 9
 F32 = torch.float32
@@ -166,3 +173,87 @@ def test_triton_rotate_backward_uses_the_segmented_sum(deterministic, monkeypatc
     with so2ops.use_backend("triton"):
         _run(fn, tensors)
     assert calls == []  # the atomic scatter otherwise
+
+
+# ---------------------------------------------------------------------- cuBLAS workspace config
+def _python(code: str, env_update=None, drop=("CUBLAS_WORKSPACE_CONFIG",)) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (the repository's so2ops) without the variables in ``drop``."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(env_update or {})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=root)
+
+
+def test_import_sets_the_cublas_workspace_config():
+    """A clean process: ``import so2ops`` sets the deterministic workspace before any CUDA work."""
+    r = _python("""
+        import os
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        import so2ops
+        print(os.environ["CUBLAS_WORKSPACE_CONFIG"])
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == _common.CUBLAS_WORKSPACE_CONFIG == ":4096:8"
+
+
+@pytest.mark.parametrize("value", [":16:8", ":0:0"])
+def test_import_keeps_the_users_cublas_workspace_config(value):
+    r = _python("import os, so2ops; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])", {"CUBLAS_WORKSPACE_CONFIG": value})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == value
+
+
+def test_ensure_cublas_workspace_config(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert _common.ensure_cublas_workspace_config()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not _common.ensure_cublas_workspace_config()  # set: left alone
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    assert not _common.ensure_cublas_workspace_config()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+@pytest.mark.gpu
+def test_cuda_deterministic_without_the_env_var():
+    """A clean process without ``CUBLAS_WORKSPACE_CONFIG``: deterministic mode switched on after
+    ``import so2ops``; so2_message, so2_tensor_product (cuBLAS inside the ops) and an edgewise block
+    (nn.Linear around them) run forward and backward on the cuda backend, twice, bitwise equal."""
+    require("cuda", "cuda")
+    r = _python("""
+        import os
+        import torch
+        import so2ops
+        from so2ops.nn import SO2EdgewiseBlock
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        torch.use_deterministic_algorithms(True)
+        dev, L, M, C = "cuda", 2, 1, 8
+        g = torch.Generator().manual_seed(0)
+        n, e = 12, 60
+        x = torch.randn(n, (L + 1) ** 2, C, generator=g).to(dev)
+        wig = so2ops.edge_wigner(torch.randn(e, 3, generator=g).to(dev), L)
+        ei = torch.randint(0, n, (2, e), generator=g).to(dev)
+        w = torch.randn(so2ops.weight_size(L, M, C, C), generator=g).to(dev) * 0.3
+        w_in = torch.randn(2, so2ops.tp_in_size(L, M, C, 4), generator=g).to(dev) * 0.3
+        coeffs = torch.randn(n, 2, 4, generator=g).to(dev)
+        w_out = torch.randn(so2ops.tp_out_size(L, M, 4, C), generator=g).to(dev) * 0.3
+        block = SO2EdgewiseBlock(L, M, C, 8, [5, 6]).to(dev)
+        ea = torch.randn(e, 5, generator=g).to(dev)
+
+        def run():
+            block.zero_grad()
+            leaves = [t.clone().requires_grad_() for t in (x, w, w_in, coeffs)]
+            with so2ops.use_backend(dev):
+                y = so2ops.so2_message(leaves[0], wig, ei, leaves[1], L, M, C)
+                y = y + so2ops.so2_tensor_product(leaves[0], leaves[2], leaves[3], w_out, L, M, C)
+                y = y + block(leaves[0], ei, wig, ea)
+            y.square().sum().backward()
+            return [y.detach()] + [t.grad for t in leaves] + [p.grad.clone() for p in block.parameters()]
+
+        a, b = run(), run()
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+        print("ok")
+    """)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.strip().endswith("ok")

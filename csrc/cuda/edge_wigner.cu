@@ -21,6 +21,7 @@
 
 #include "so2ops/edge_wigner.h"
 #include "so2ops/op_checks.h"
+#include "so2ops/tile_knob.h"
 
 namespace so2ops {
 namespace {
@@ -97,7 +98,9 @@ at::Tensor edge_wigner_forward_cuda(const at::Tensor& edge_vec, const at::Tensor
     const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
     const auto pts = points.to(acc_dtype).contiguous(), pin = pinv.to(acc_dtype).contiguous();
     const int per_edge = num_points * num_coeffs(l) * int(sizeof(acc_t));
-    const int edges_per_block = std::max(1, std::min(kMaxEdgesPerBlock, kSmemBudget / per_edge));
+    // (fewer under the tile knob, so2ops/tile_knob.h: the kernels take the count from blockDim)
+    const int edges_per_block =
+        std::max(1, std::min(static_cast<int>(tile_cap(kMaxEdgesPerBlock)), kSmemBudget / per_edge));
     const int64_t blocks = (num_edges + edges_per_block - 1) / edges_per_block;
     TORCH_CHECK(blocks < (int64_t(1) << 31), "edge_wigner (cuda): too many edges for one launch");
     forward_kernel<scalar_t, acc_t>
@@ -124,9 +127,10 @@ at::Tensor edge_wigner_backward_cuda(const at::Tensor& grad, const at::Tensor& e
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
     const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
     const auto pts = points.to(acc_dtype).contiguous(), pin = pinv.to(acc_dtype).contiguous();
-    const int64_t blocks = (num_edges + kMaxEdgesPerBlock - 1) / kMaxEdgesPerBlock;
+    const int edges_per_block = static_cast<int>(tile_cap(kMaxEdgesPerBlock));  // kMaxEdgesPerBlock but for the knob
+    const int64_t blocks = (num_edges + edges_per_block - 1) / edges_per_block;
     TORCH_CHECK(blocks < (int64_t(1) << 31), "edge_wigner (cuda): too many edges for one launch");
-    backward_kernel<scalar_t, acc_t><<<static_cast<unsigned>(blocks), kWarp * kMaxEdgesPerBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    backward_kernel<scalar_t, acc_t><<<static_cast<unsigned>(blocks), kWarp * edges_per_block, 0, c10::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(), vec.const_data_ptr<scalar_t>(), pts.const_data_ptr<acc_t>(),
         pin.const_data_ptr<acc_t>(), num_edges, num_points, static_cast<int>(lmax), make_sh_norms<acc_t>(),
         grad_vec.mutable_data_ptr<scalar_t>());

@@ -209,7 +209,7 @@ std::tuple<at::Tensor, at::Tensor> rotate_backward_cuda(const at::Tensor& grad, 
       const wgrad::Term<scalar_t, Frame> off{Frame{nullptr, C, l}, nullptr, nullptr, 0};
       wgrad::wigner_grad_kernel<scalar_t, acc_t, Frame>
           <<<static_cast<unsigned>(E), wgrad::kThreads, wgrad::smem_bytes<acc_t>(l), stream>>>(
-              term, off, l, inverse, 0, nullptr, gw.mutable_data_ptr<scalar_t>());
+              term, off, l, inverse, 0, nullptr, wgrad::slab_channels(), gw.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

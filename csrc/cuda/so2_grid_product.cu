@@ -27,6 +27,7 @@
 
 #include "so2ops/op_checks.h"
 #include "so2ops/so2_grid_product.h"
+#include "so2ops/tile_knob.h"
 
 namespace so2ops {
 namespace {
@@ -108,8 +109,11 @@ int block_threads(size_t per_thread) {
   return threads;
 }
 
+//: Blocks of a grid-stride launch: one item per thread up to kMaxBlocks; fewer under the tile
+//: knob (so2ops/tile_knob.h), so that the tests' small inputs take several grid-stride steps too.
 unsigned block_count(int64_t work, int threads) {
-  return static_cast<unsigned>(std::min<int64_t>((work + threads - 1) / threads, kMaxBlocks));
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads,
+                                                                      tile_cap(kMaxBlocks))));
 }
 
 //: The [grid, S] basis table on the device, in the accumulation type.

@@ -42,9 +42,11 @@ using so2::tile_index;
 
 constexpr int kThreads = 256;
 
+/// Blocks of a grid-stride launch over n items: enough for one item per thread, at most 2^30,
+/// or at most n' under the tile knob (tile_knob.h), so each thread loops over several items.
 inline unsigned int blocks_for(int64_t n) {
   const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned int>(std::min<int64_t>(std::max<int64_t>(b, 1), int64_t(1) << 30));
+  return static_cast<unsigned int>(std::min<int64_t>(std::max<int64_t>(b, 1), tile_cap(int64_t(1) << 30)));
 }
 
 __device__ __forceinline__ int64_t edge_at(const TileSpec& spec, int64_t p) {
@@ -250,7 +252,7 @@ void CudaKernels::wigner_grad(const TileSpec& spec, const at::Tensor& ga, const 
     wgrad::wigner_grad_kernel<scalar_t, acc_t, Frame>
         <<<static_cast<unsigned>(spec.count), wgrad::kThreads, wgrad::smem_bytes<acc_t>(spec.lmax),
            c10::cuda::getCurrentCUDAStream()>>>(t_in, t_out, spec.lmax, false, spec.p0, spec.perm,
-                                                 grad_wigner.data_ptr<scalar_t>());
+                                                 wgrad::slab_channels(), grad_wigner.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

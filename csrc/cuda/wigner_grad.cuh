@@ -13,7 +13,7 @@
 // absent = zero) and G_t the gathered side (x[src] or grad_out[tgt]).
 //
 // One block per edge (blockIdx.x = its position in the tile or edge list):
-// both sides' rows of one degree-agnostic [K, 32-channel] slab are staged
+// both sides' rows of one degree-agnostic [K, `slab` <= 32 channel] slab are staged
 // through shared memory (padded rows: no bank conflicts), coalesced over
 // channels, and each thread owns up to kEntriesPerThread packed entries
 // (wigner_size(8) = 969 <= 1024), summing its two rows from shared memory.
@@ -29,6 +29,7 @@
 #include "so2ops/layout.h"
 #include "so2ops/rotate.h"
 #include "so2ops/so2_message_math.h"
+#include "so2ops/tile_knob.h"
 
 namespace so2ops {
 namespace wgrad {
@@ -38,6 +39,10 @@ constexpr int kTileC = 32;           // channels per shared-memory slab
 constexpr int kTileLd = kTileC + 1;  // padded: the rows land in different banks
 constexpr int kEntriesPerThread = 4;
 static_assert(kEntriesPerThread * kThreads >= kMaxWignerSize, "wigner_grad: entries per thread");
+
+/// Channels per slab: kTileC, or fewer under the tile knob (tile_knob.h), so that the tests'
+/// few channels take several slabs.  Host side, read at each launch.
+inline int slab_channels() { return static_cast<int>(tile_cap(kTileC)); }
 
 /// Edge-frame rows in the l-major [edges, K, C] layout (rotate's output gradient).
 template <typename T>
@@ -79,7 +84,7 @@ struct Term {
 template <typename scalar_t, typename acc_t, typename Frame>
 __device__ __forceinline__ void add_term(const Term<scalar_t, Frame>& term, int nc, int64_t pos, int64_t e,
                                          const int (&f_row)[kEntriesPerThread], const int (&g_row)[kEntriesPerThread],
-                                         acc_t* fs, acc_t* gs, acc_t (&acc)[kEntriesPerThread]) {
+                                         int slab, acc_t* fs, acc_t* gs, acc_t (&acc)[kEntriesPerThread]) {
   if (term.gathered == nullptr) return;
   const int64_t row = term.index ? term.index[e] : e;
   // An out-of-range gathered row adds nothing (not 0 * frame: a non-finite frame entry would give NaN).
@@ -87,12 +92,14 @@ __device__ __forceinline__ void add_term(const Term<scalar_t, Frame>& term, int 
   if (row < 0 || row >= term.n_rows) return;
   const int64_t C = term.frame.C;
   const scalar_t* ge = term.gathered + row * nc * C;
-  for (int64_t c0 = 0; c0 < C; c0 += kTileC) {
+  // Slabs of `slab` channels; the shared rows stay kTileC wide (columns >= slab are zero), so the
+  // inner sum keeps its compile-time length whatever the slab.
+  for (int64_t c0 = 0; c0 < C; c0 += slab) {
     __syncthreads();  // the previous slab is consumed
     for (int i = threadIdx.x; i < nc * kTileC; i += kThreads) {
       const int r = i / kTileC, cc = i - r * kTileC;
       const int64_t c = c0 + cc;
-      const bool in = c < C;
+      const bool in = cc < slab && c < C;
       const int l = so2::degree_of_row(r);
       const auto* fr = in ? term.frame.row(pos, l, r - l * l) : nullptr;
       fs[r * kTileLd + cc] = fr ? static_cast<acc_t>(fr[c]) : acc_t(0);
@@ -113,12 +120,13 @@ __device__ __forceinline__ void add_term(const Term<scalar_t, Frame>& term, int 
 }
 
 /// grad_wigner[e] for the edge at position blockIdx.x of [p0, p0 + gridDim.x) in `perm` (null:
-/// identity), summing the terms t0 and t1 (a term is skipped when its `gathered` is null).
+/// identity), summing the terms t0 and t1 (a term is skipped when its `gathered` is null), in
+/// slabs of `slab` (1..kTileC, slab_channels()) channels.
 /// Dynamic shared memory: smem_bytes<acc_t>(lmax).
 template <typename scalar_t, typename acc_t, typename Frame>
 __global__ void __launch_bounds__(kThreads)
     wigner_grad_kernel(const Term<scalar_t, Frame> t0, const Term<scalar_t, Frame> t1, int lmax, bool inverse,
-                       int64_t p0, const int64_t* __restrict__ perm, scalar_t* __restrict__ gw) {
+                       int64_t p0, const int64_t* __restrict__ perm, int slab, scalar_t* __restrict__ gw) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int nc = num_coeffs(lmax), wsize = wigner_size(lmax);
   acc_t* fs = reinterpret_cast<acc_t*>(smem_raw);  // [nc][kTileLd]: edge-frame rows
@@ -146,8 +154,8 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  add_term<scalar_t, acc_t, Frame>(t0, nc, pos, e, f_row, g_row, fs, gs, acc);
-  add_term<scalar_t, acc_t, Frame>(t1, nc, pos, e, f_row, g_row, fs, gs, acc);
+  add_term<scalar_t, acc_t, Frame>(t0, nc, pos, e, f_row, g_row, slab, fs, gs, acc);
+  add_term<scalar_t, acc_t, Frame>(t1, nc, pos, e, f_row, g_row, slab, fs, gs, acc);
 #pragma unroll
   for (int s = 0; s < kEntriesPerThread; ++s) {
     const int w = threadIdx.x + s * kThreads;

@@ -216,12 +216,32 @@ def _conv1_backward(s: _Spec, need, acc, g_hid, g_pre, x, ws, fs, w_s, w_t, w_ga
             del a0, gx0
         del a, ms
         if need_a:
-            gxi, gwigi = _ops.rotate_backward(ga.contiguous(), x, ws, lmax, idx, False, nx, nwig)
+            ga = ga.contiguous()
+            if grad_mode:
+                # create_graph: one slice (``_slices(whole=True)``), so one node-sized gradient; the
+                # fused custom op has the autograd formula the double backward needs.
+                gxi, gwigi = _ops.rotate_backward(ga, x, ws, lmax, idx, False, nx, nwig)
+                if nx:
+                    acc["x"] = _acc(acc.get("x"), gxi, grad_mode)
+                if nwig:
+                    acc["wig"].add(sl, gwigi)
+            else:
+                # Not rotate_backward with the index for x's gradient: that returns a fresh
+                # zero-filled [N, K, C] sum per call (and sorts the edges by node, O(N)), so per
+                # slice it would cost O(N) and the whole backward O(N E / LEAN_SLICE).  Instead the
+                # per-edge gradient D^T ga (a rotation, O(slice)) is scattered into the one node
+                # gradient allocated at the first slice.  index_add_ is deterministic under
+                # torch.use_deterministic_algorithms, like the forward's scatter.
+                if nwig:
+                    _, gwigi = _ops.rotate_backward(ga, x, ws, lmax, idx, False, False, True)
+                    acc["wig"].add(sl, gwigi)
+                if nx:
+                    gxe = _ops.rotate(ga, ws, lmax, None, True)
+                    if acc.get("x") is None:
+                        acc["x"] = gxe.new_zeros(x.shape)
+                    acc["x"].index_add_(0, idx, gxe)
+                    del gxe
             del ga
-            if nx:
-                acc["x"] = _acc(acc.get("x"), gxi, grad_mode)
-            if nwig:
-                acc["wig"].add(sl, gwigi)
         if nw:
             acc[f"w{i}"] = _acc(acc.get(f"w{i}"), gwi, grad_mode)
         if need_m:

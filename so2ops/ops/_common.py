@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -132,3 +134,39 @@ def register_fp32_autocast(op) -> None:
 def want_deterministic(flag: bool = False) -> bool:
     """``flag`` or ``torch.use_deterministic_algorithms(True)`` in effect."""
     return bool(flag) or torch.are_deterministic_algorithms_enabled()
+
+
+# ------------------------------------------------------------------ cuBLAS workspace (determinism on CUDA)
+#: The value set when the user has not chosen one: one of the two PyTorch accepts as deterministic,
+#: and PyTorch's own default workspace size on Hopper (8 x 4 MiB per handle and stream).
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def ensure_cublas_workspace_config() -> bool:
+    """Set ``CUBLAS_WORKSPACE_CONFIG`` when it is unset, so that ``torch.use_deterministic_algorithms(True)``
+    works on the cuda backend without the user setting it.  Returns True when it set the variable.
+
+    Why an environment variable, and why at import: the CUDA ops of so2ops (the tile driver of
+    ``so2_linear`` / ``so2_message`` / ``so2_frame_linear``, the GEMM stages of ``so2_tensor_product``)
+    and the layers around them (radial MLPs, ``F.linear`` in ``so2ops.nn``) multiply with cuBLAS
+    through ATen, and ATen refuses every cuBLAS GEMM in deterministic mode unless the variable holds
+    ``:4096:8`` or ``:16:8``.  ATen reads it once, at the first cuBLAS call of the process (a static
+    in ``Context::alertCuBLASConfigNotDeterministic``; the workspace size is parsed once too), so
+    it must be in the environment before then, whether or not deterministic mode is on yet; setting
+    it later does nothing.  ``import so2ops`` normally precedes any CUDA work, and the user may
+    switch deterministic mode on at any time afterwards, so the module sets it when imported.  A
+    deterministic path of our own (no cuBLAS in so2ops' kernels) would not help: the users'
+    ``nn.Linear`` layers next to the ops would still be refused.  A value the user chose is kept.
+    """
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") is not None:
+        return False
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+    if torch.cuda.is_initialized() and torch.are_deterministic_algorithms_enabled():
+        # cuBLAS may already have run: ATen then keeps refusing (it read the variable then)
+        warnings.warn("so2ops set CUBLAS_WORKSPACE_CONFIG=:4096:8 after CUDA was initialised; if cuBLAS already "
+                      "ran, deterministic mode still refuses cuBLAS GEMMs: import so2ops before any CUDA work or "
+                      "set the variable before starting Python", RuntimeWarning, stacklevel=2)
+    return True
+
+
+ensure_cublas_workspace_config()

@@ -52,6 +52,7 @@
 #include "so2ops/layout.h"
 #include "so2ops/so2_message_kernels.h"
 #include "so2ops/so2_message_math.h"
+#include "so2ops/tile_knob.h"
 
 namespace so2ops {
 namespace driver {
@@ -312,14 +313,12 @@ inline at::Tensor tile_block(const at::Tensor& buf, int64_t count, int64_t C, in
 }
 
 /// Edges per tile: as many as fit `budget` bytes, at least `min_tile`, at most E.
-/// SO2OPS_TILE_EDGES=<n> forces n edges per tile (tests use it to exercise
-/// tile boundaries, e.g. destination segments split across tiles).
+/// The tile knob (tile_knob.h: so2ops.testing.tile_size(n) or SO2OPS_TILE_EDGES=<n>)
+/// forces n edges per tile: tests use it to exercise tile boundaries, e.g.
+/// destination segments split across tiles.
 inline int64_t tile_edges(int64_t E, int64_t bytes_per_edge, int64_t budget, int64_t min_tile) {
   int64_t t = std::max<int64_t>(min_tile, budget / std::max<int64_t>(1, bytes_per_edge));
-  if (const char* forced = std::getenv("SO2OPS_TILE_EDGES")) {
-    const long long v = std::atoll(forced);
-    if (v > 0) t = int64_t(v);
-  }
+  if (const int64_t forced = tile_override()) t = forced;
   return std::max<int64_t>(1, std::min<int64_t>(E, t));
 }
 
@@ -365,7 +364,7 @@ TilePlan plan_tiles(int64_t E, int64_t bytes_per_edge, const int64_t* key, const
   int64_t T = tile_edges(E, bytes_per_edge, K::kTileBytes, K::kMinTile);
   const int workers = K::kParallelTiles ? K::num_workers() : 1;
   if (workers > 1 && E > 1) {
-    if (std::getenv("SO2OPS_TILE_EDGES") == nullptr) T = std::min(T, (E + workers - 1) / workers);
+    if (tile_override() == 0) T = std::min(T, (E + workers - 1) / workers);
     TilePlan plan = cut_tiles(E, T, key, perm);
     if (plan.count() > 1 && plan.max_len <= 4 * T) {
       plan.parallel = true;
