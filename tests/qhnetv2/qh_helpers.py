@@ -71,3 +71,14 @@ def labelled_water(root, n, seed, scale=0.03, n_train=None):
         split = os.path.join(str(root), "split.json")
         write_json_atomic(split, {"train": ids[:n_train], "valid": ids[n_train:], "test": []})
     return {"data": data, "split": split}
+
+
+def tiny_train_config(**overrides):
+    """A tiny-preset float64 CPU training config (a few steps), with ``overrides`` applied."""
+    from qhnetv2.training.config import TrainConfig
+
+    cfg = {"model": {"preset": "tiny"}, "target": "full", "dtype": "float64", "batch_size": 2, "lr": 3e-3,
+           "warmup_steps": 1, "max_steps": 2, "val_every": 2, "log_every": 1, "ema_decay": 0.5, "seed": 0,
+           "device": "cpu"}
+    cfg.update(overrides)
+    return TrainConfig.from_dict(cfg)

@@ -20,7 +20,7 @@ pytest.importorskip("pyscf")
 pytest.importorskip("yaml")
 import torch.distributed as dist  # noqa: E402
 
-from qh_helpers import labelled_water  # noqa: E402
+from qh_helpers import labelled_water, tiny_train_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,7 @@ def water(tmp_path_factory):
 
 
 def _config(**kw):
-    from qhnetv2.training import load_config  # noqa: F401
-    from qhnetv2.training.config import TrainConfig
-
-    cfg = {"model": {"preset": "tiny"}, "target": "full", "dtype": "float64", "batch_size": 2, "lr": 3e-3,
-           "warmup_steps": 1, "max_steps": 2, "val_every": 2, "log_every": 1, "ema_decay": 0.5, "seed": 0,
-           "device": "cpu"}
-    cfg.update(kw)
-    return TrainConfig.from_dict(cfg)
+    return tiny_train_config(**kw)
 
 
 class FakeGroup:

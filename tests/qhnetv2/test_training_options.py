@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("pyscf")
 pytest.importorskip("yaml")
 
-from qh_helpers import labelled_water  # noqa: E402
+from qh_helpers import labelled_water, tiny_train_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -18,13 +18,7 @@ def water(tmp_path_factory):
 
 
 def _config(**kw):
-    from qhnetv2.training.config import TrainConfig
-
-    cfg = {"model": {"preset": "tiny"}, "target": "full", "dtype": "float64", "batch_size": 2, "lr": 3e-3,
-           "warmup_steps": 2, "max_steps": 4, "val_every": 2, "log_every": 1, "ema_decay": 0.5, "seed": 0,
-           "device": "cpu", "checkpoint_every": 2}
-    cfg.update(kw)
-    return TrainConfig.from_dict(cfg)
+    return tiny_train_config(**{"warmup_steps": 2, "max_steps": 4, "checkpoint_every": 2, **kw})
 
 
 def _rows(run):
