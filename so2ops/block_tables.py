@@ -45,6 +45,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from ._tensor_cache import tensor_cache
+from ._compat import assume_constant_result
 from .basis_layout import BasisLayout, e3nn_to_pyscf
 from .layout import coeff_index, wigner_offset, wigner_size
 
@@ -195,7 +196,7 @@ def check_block_lmax(layout: BasisLayout, lmax: int) -> None:
             f"{layout.features_lmax} (twice its largest shell degree {layout.lmax_shell})".replace("  ", " "))
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def block_tables(layout: BasisLayout, lmax: int, channels: int, dtype, device) -> BlockTables:
     """The (cached) tables for ``layout``, features of degree ``lmax`` with ``channels`` channels.
 
