@@ -140,28 +140,22 @@ def _train_worker(args: Dict[str, Any]) -> Dict[str, Any]:
     cfg = variant_config(args["preset"], args["overrides"], args["steps"], args["threads"])
     t = time.time()
     summary = train(cfg, args["data"], args["split"], args["run_dir"], resume=True, progress=False)
-    return {"wall_s": time.time() - t, "steps": int(summary["steps"]),
+    return {"wall_s": time.time() - t, "steps": int(summary["steps"]), "steps_per_s": summary["steps_per_s"],
             "best_checkpoint": summary["best_checkpoint"], "best_val_mae_uEh": summary["best_val_mae_uEh"]}
 
 
-def _calibrate(args: Dict[str, Any], short: int, long: int) -> float:
-    """Seconds per training step: two short runs differ only in their step count."""
+def _calibrate_worker(args: Dict[str, Any]) -> float:
+    """Seconds per training step: a short run's training-loop rate (startup excluded,
+    its validations included, as in the real run)."""
     import shutil
 
-    walls = []
-    for n in (short, long):
-        run = args["run_dir"] + f"_cal{n}"
-        shutil.rmtree(run, ignore_errors=True)
-        walls.append(_train_worker(dict(args, steps=n, run_dir=run))["wall_s"])
-        shutil.rmtree(run, ignore_errors=True)
-    return max(1e-3, (walls[1] - walls[0]) / (long - short))
-
-
-def _calibrate_worker(args: Dict[str, Any]) -> float:
-    import torch
-
-    torch.set_num_threads(int(args["threads"]))
-    return _calibrate(args, args["cal_short"], args["cal_long"])
+    run = args["run_dir"] + "_calibration"
+    shutil.rmtree(run, ignore_errors=True)
+    rate = _train_worker(dict(args, steps=args["cal_steps"], run_dir=run))["steps_per_s"]
+    shutil.rmtree(run, ignore_errors=True)
+    if not rate or not rate > 0:
+        raise RuntimeError(f"calibration of {args['run_dir']}: no training-loop rate measured")
+    return 1.0 / float(rate)
 
 
 def offdiagonal_by_distance(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray],
@@ -172,13 +166,14 @@ def offdiagonal_by_distance(preds: Sequence[np.ndarray], targets: Sequence[np.nd
     Args:
         preds, targets: per molecule [n_ao, n_ao].
         positions: per molecule [n_atoms, 3] in Angstrom.
-        ao_slices: per molecule [n_atoms + 1] AO offsets of the atoms.
+        ao_slices: per molecule [n_atoms, 2] AO (start, stop) of each atom (``qhnetv2.evaluate``'s).
     Returns ``{"<lo>-<hi> A": (mae, n_entries)}``; empty bins are left out.
     """
     sums = np.zeros(len(bins))
     counts = np.zeros(len(bins), dtype=np.int64)
     for hp, ht, pos, sl in zip(preds, targets, positions, ao_slices):
         err = np.abs(np.asarray(hp) - np.asarray(ht))
+        sl = np.asarray(sl, dtype=np.int64).reshape(-1, 2)
         pos = np.asarray(pos, dtype=np.float64)
         n = len(pos)
         for a in range(n):
@@ -187,7 +182,7 @@ def offdiagonal_by_distance(preds: Sequence[np.ndarray], targets: Sequence[np.nd
                     continue
                 d = float(np.linalg.norm(pos[a] - pos[b]))
                 k = int(np.searchsorted(bins, d, side="left"))
-                blk = err[sl[a]:sl[a + 1], sl[b]:sl[b + 1]]
+                blk = err[sl[a, 0]:sl[a, 1], sl[b, 0]:sl[b, 1]]
                 sums[k] += blk.sum()
                 counts[k] += blk.size
     out = {}
@@ -298,7 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="variants trained at the same time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     ap.add_argument("--scf", type=int, default=3, help="SCF runs per molecule from the prediction and from minao")
-    ap.add_argument("--calibration-steps", default="5,25", help="the two short runs that measure s/step")
+    ap.add_argument("--calibration-steps", type=int, default=30, help="steps of the short run that measures s/step")
     ap.add_argument("--runs", default=None, help="folder of the training runs (default: CACHE/runs/NAME)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--name", default="yardstick", help="result file stem")
@@ -312,9 +307,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError(f"--budget-s must be positive, got {args.budget_s}")
     if args.jobs < 1 or args.threads < 1:
         raise ValueError("--jobs and --threads must be >= 1")
-    cal = [int(x) for x in args.calibration_steps.split(",")]
-    if len(cal) != 2 or not 0 < cal[0] < cal[1]:
-        raise ValueError(f"--calibration-steps: two increasing positive step counts, got {args.calibration_steps!r}")
+    if args.calibration_steps < 2:
+        raise ValueError(f"--calibration-steps must be >= 2, got {args.calibration_steps}")
     cache = args.cache or default_cache()
     data = build_data(cache, counts, args.xc, args.basis, args.seed, workers=args.label_workers)
 
@@ -328,13 +322,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_json_atomic(split_path, dict(split, method="bench.accuracy: per molecule by trajectory time"))
 
     base = {"preset": args.preset, "data": data, "split": split_path, "threads": args.threads,
-            "cal_short": cal[0], "cal_long": cal[1]}
+            "cal_steps": args.calibration_steps}
     jobs = {n: dict(base, overrides=o, run_dir=os.path.join(runs, n)) for n, o in variants.items()}
     # 1. steps per second of each variant, measured side by side like the real runs
     with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=_spawn()) as pool:
         s_per_step = dict(zip(jobs, pool.map(_calibrate_worker, jobs.values())))
     for n, job in jobs.items():
-        job["steps"] = max(cal[1], int(args.budget_s / s_per_step[n]))
+        job["steps"] = max(args.calibration_steps, int(args.budget_s / s_per_step[n]))
         print(f"yardstick: {n}: {s_per_step[n]:.3f} s/step -> {job['steps']} steps in {args.budget_s:.0f} s", flush=True)
     # 2. the real runs (resumable: a rerun continues each from its last checkpoint)
     with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=_spawn()) as pool:

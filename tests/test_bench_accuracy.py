@@ -38,7 +38,7 @@ def test_parse_variant():
 def test_offdiagonal_by_distance_bins_every_off_diagonal_entry_once():
     rng = np.random.default_rng(0)
     pos = np.array([[0.0, 0, 0], [1.0, 0, 0], [0, 3.0, 0]])   # pair distances 1.0, 3.0, 3.16
-    slices = np.array([0, 2, 5, 6])
+    slices = np.array([[0, 2], [2, 5], [5, 6]])   # (start, stop) per atom, as qhnetv2.evaluate gives them
     hp, ht = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
     bins = accuracy.offdiagonal_by_distance([hp], [ht], [pos], [slices])
     err = np.abs(hp - ht)
@@ -55,7 +55,7 @@ def test_yardstick_end_to_end(tmp_path):
     out = tmp_path / "out"
     rc = accuracy.main(["--molecules", "water=10", "--xc", "hf", "--basis", "sto-3g", "--preset", "tiny",
                         "--variant", "main", "--variant", 'narrow={"model": {"channels": 16}}',
-                        "--budget-s", "4", "--calibration-steps", "2,6", "--jobs", "1", "--scf", "1",
+                        "--budget-s", "4", "--calibration-steps", "6", "--jobs", "1", "--scf", "1",
                         "--test-fraction", "0.2", "--valid-fraction", "0.1", "--label-workers", "1",
                         "--cache", str(tmp_path / "cache"), "--out", str(out), "--name", "t"])
     assert rc == 0
@@ -67,6 +67,6 @@ def test_yardstick_end_to_end(tmp_path):
         row = v["test"]["molecules"]["water"]
         assert math.isfinite(row["hamiltonian_mae_uEh"]) and row["hamiltonian_mae_uEh"] > 0
         assert row["offdiag_by_distance_uEh"] and "scf_ratio" in row
-        assert v["steps"] >= 6
+        assert 6 <= v["steps"] < 2000  # a rate-based budget, not a runaway step count
     text = md.read_text()
     assert "| H MAE (uEh) |" in text and "narrow" in text
