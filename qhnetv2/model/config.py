@@ -12,6 +12,14 @@ class ModelConfig:
 
     ``lmax`` None means twice the largest shell degree of the basis (4 for def2-SVP);
     ``tp_mmax`` / ``pair_mmax`` None mean ``mmax``.
+
+    Pair path options (all off by default, which is the original model; docs/model.md):
+    ``pair_product`` body order of a continuous SO(2) tensor product in each pair block
+    (0 off, 2 a genuine x_i x_j two-body product); ``pair_norm`` normalises the pair
+    stream inside each pair block and multiplies its update by the pair envelope;
+    ``readout_hidden`` > 0 makes both readouts gated two-layer maps with that hidden
+    width; ``element_pair_readout`` learns an input scaling of the readouts per element
+    (diagonal) and per ordered element pair (off-diagonal).
     """
 
     basis: str = "def2-svp"
@@ -32,6 +40,11 @@ class ModelConfig:
     frame_temperature: float = 0.1
     frame_window: float = 0.1
     norm: str = "joint"
+    # off-diagonal path options (docs/model.md "Pair path options"; defaults = the original model)
+    pair_product: int = 0
+    pair_norm: bool = False
+    readout_hidden: int = 0
+    element_pair_readout: bool = False
 
     @classmethod
     def from_dict(cls, d: Dict) -> "ModelConfig":

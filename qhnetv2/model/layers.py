@@ -79,29 +79,70 @@ class NodeBlock(nn.Module):
 class PairBlock(nn.Module):
     """Pair features in pair frames, updated by an SO(2) feed-forward block.
 
-    ``P += L2(Gate(L1([D x_i, D x_j, P] * radial(r_ij))))`` with the gathers fused into ``rotate``.
+    ``P += env(r) * L2(Gate(y + TP(y)))`` with ``y = L1([D x_i, D x_j, LN(P)] * radial(r_ij))``;
+    the gathers are fused into ``rotate``.  Options (docs/model.md "Pair path options"):
 
-    Shapes: ``forward(x[N, K, C], pair_feat[Pn, K, Cp], pairs[Pn, 2], wigner[Pn, P], rbf[Pn, R]) -> [Pn, K, Cp]``.
+    * ``product`` > 0: the continuous SO(2) tensor product ``TP`` of body order
+      ``product`` on ``y``, whose product weights come from the pair's invariants
+      (``pair_attr``).  ``y`` mixes ``x_i`` and ``x_j``, so its square holds the
+      two-body products ``x_i x_j`` that linear layers and scalar gates never form.
+      Off: ``y`` goes straight to the gate.
+    * ``norm_pairs``: ``LN(P)`` instead of ``P`` as input, and the update multiplied
+      by the smooth pair envelope ``env(r)`` (off: neither).
+
+    Shapes: ``forward(x[N, K, C], pair_feat[Pn, K, Cp], pairs[Pn, 2], wigner[Pn, P], rbf[Pn, R],
+    pair_attr[Pn, A], envelope[Pn]) -> [Pn, K, Cp]`` (``pair_attr`` only with ``product``,
+    ``envelope`` only with ``norm_pairs``).
     """
 
     def __init__(self, lmax: int, mmax: int, channels: int, pair_channels: int, num_rbf: int,
-                 norm: str = "separate"):
+                 norm: str = "separate", product: int = 0, attr_dim: int = 0, norm_pairs: bool = False):
         super().__init__()
         self.lmax, self.mmax = lmax, mmax
         cin = 2 * channels + pair_channels
         self.cin = cin
         self.norm = SO2LayerNorm(lmax, channels, degrees=norm)
+        self.pair_norm = SO2LayerNorm(lmax, pair_channels, degrees=norm) if norm_pairs else None
         self.lin1 = SO2Linear(lmax, mmax, cin, pair_channels)
+        self.tp = (SO2TensorProduct(lmax, mmax, pair_channels, pair_channels, attr_dim, body_order=product)
+                   if product else None)
         self.lin2 = SO2Linear(lmax, mmax, pair_channels, pair_channels)
         self.radial = radial_mlp(num_rbf, 64, num_mod(lmax, mmax) * cin)
         self.gate = Gate(lmax, pair_channels)
 
-    def forward(self, x, pair_feat, pairs, wigner, rbf):
+    def forward(self, x, pair_feat, pairs, wigner, rbf, pair_attr=None, envelope=None):
         if pairs.shape[0] == 0:
             return pair_feat
         h = self.norm(x)
         xi = so2ops.rotate(h, wigner, self.lmax, index=pairs[:, 0])
         xj = so2ops.rotate(h, wigner, self.lmax, index=pairs[:, 1])
+        p = pair_feat if self.pair_norm is None else self.pair_norm(pair_feat)
         mod = self.radial(rbf).view(-1, num_mod(self.lmax, self.mmax), self.cin)
-        y = self.lin1(torch.cat([xi, xj, pair_feat], dim=2), mod)
-        return self.lin2(self.gate(y))
+        y = self.lin1(torch.cat([xi, xj, p], dim=2), mod)
+        if self.tp is not None:
+            y = y + self.tp(y, pair_attr)
+        out = self.lin2(self.gate(y))
+        if self.pair_norm is not None:
+            out = out * envelope[:, None, None].to(out.dtype)
+        return out
+
+
+class GatedReadout(nn.Module):
+    """Local-frame features -> block channels by ``L2(Gate(L1(x)))``, ``hidden`` channels
+    between, all orders ``|m| <= lmax`` (the two-layer alternative to one ``SO2Linear``).
+
+    ``modulation[E, num_mod(lmax, lmax), in_channels]`` (optional) scales the inputs of
+    ``L1`` per ``(m, l, channel)``, as ``SO2Linear`` does: the element-(pair)-specific
+    readout weights use it.
+
+    Shapes: ``forward(x[E, K, in_channels], modulation=None) -> [E, K, out_channels]``.
+    """
+
+    def __init__(self, lmax: int, in_channels: int, out_channels: int, hidden: int, gain: float = 0.5):
+        super().__init__()
+        self.lin1 = SO2Linear(lmax, lmax, in_channels, hidden)
+        self.gate = Gate(lmax, hidden)
+        self.lin2 = SO2Linear(lmax, lmax, hidden, out_channels, gain=gain)
+
+    def forward(self, x, modulation=None):
+        return self.lin2(self.gate(self.lin1(x, modulation)))

@@ -12,12 +12,12 @@ from torch import nn
 import so2ops
 from so2ops import BasisLayout, HamiltonianIndex
 from so2ops.block_tables import block_tables
-from so2ops.layout import num_coeffs
+from so2ops.layout import num_coeffs, num_mod
 
 from ..atomic import atomic_file
 from .config import ModelConfig, preset
 from .graph import build_graph
-from .layers import MessageBlock, NodeBlock, PairBlock
+from .layers import GatedReadout, MessageBlock, NodeBlock, PairBlock
 from .radial import RadialBasis
 
 CHECKPOINT_FORMAT = "qhnetv2-checkpoint"
@@ -87,12 +87,27 @@ class QHNetV2(nn.Module):
         self.pair_rbf = RadialBasis(cfg.num_rbf, cfg.pair_cutoff or 12.0)
         self.messages = nn.ModuleList(MessageBlock(L, cfg.mmax, C, cfg.num_rbf, cfg.avg_degree, cfg.norm) for _ in range(cfg.layers))
         self.nodes = nn.ModuleList(NodeBlock(L, cfg.tp_mmax, C, C, cfg.body_order, cfg.norm) for _ in range(cfg.layers))
-        self.pairs = nn.ModuleList(PairBlock(L, cfg.pair_mmax, C, Cp, cfg.num_rbf, cfg.norm) for _ in range(cfg.layers))
+        if cfg.pair_product < 0 or cfg.readout_hidden < 0:
+            raise ValueError(f"pair_product ({cfg.pair_product}) and readout_hidden ({cfg.readout_hidden}) must be >= 0")
+        # the pair product's weights come from the pair's invariants: distance and both elements
+        pair_attr_dim = cfg.num_rbf + 2 * C
+        self.pairs = nn.ModuleList(PairBlock(L, cfg.pair_mmax, C, Cp, cfg.num_rbf, cfg.norm, product=cfg.pair_product,
+                                             attr_dim=pair_attr_dim, norm_pairs=cfg.pair_norm)
+                                   for _ in range(cfg.layers))
         self.block_channels = so2ops.block_channels(self.layout, L)
         self.diag_norm = so2ops.nn.SO2LayerNorm(L, C, degrees=cfg.norm)
         self.pair_norm = so2ops.nn.SO2LayerNorm(L, Cp, degrees=cfg.norm)
-        self.diag_readout = so2ops.nn.SO2Linear(L, L, C, self.block_channels, gain=0.5)
-        self.pair_readout = so2ops.nn.SO2Linear(L, L, Cp + 2 * C, self.block_channels, gain=0.5)
+        Cb, H = self.block_channels, cfg.readout_hidden
+        self.diag_readout = GatedReadout(L, C, Cb, H) if H else so2ops.nn.SO2Linear(L, L, C, Cb, gain=0.5)
+        self.pair_readout = GatedReadout(L, Cp + 2 * C, Cb, H) if H else so2ops.nn.SO2Linear(L, L, Cp + 2 * C, Cb, gain=0.5)
+        # element-specific (diagonal) and ordered-element-pair-specific (off-diagonal) input
+        # scalings of the readouts per (m, l, channel); invariant, so equivariance holds; start at 1
+        E = len(cfg.elements)
+        if cfg.element_pair_readout:
+            self.diag_readout_scale = nn.Parameter(torch.ones(E, num_mod(L, L), C))
+            self.pair_readout_scale = nn.Parameter(torch.ones(E * E, num_mod(L, L), Cp + 2 * C))
+        else:
+            self.diag_readout_scale = self.pair_readout_scale = None
         # atomic reference: per element, a rotation-invariant diagonal block (c_q I per
         # equal-degree shell pair), fitted to the data before training (fit_atom_reference)
         self.atom_reference = nn.Parameter(torch.zeros(len(cfg.elements), self.block_channels))
@@ -174,21 +189,30 @@ class QHNetV2(nn.Module):
         w_pair = so2ops.edge_wigner(pair_vec, L)
         r_edge = g.edge_vec.norm(dim=1)
         rbf_e, env_e = self.rbf(r_edge), self.rbf.envelope(r_edge)
-        rbf_p = self.pair_rbf(pair_vec.norm(dim=1))
+        r_pair = pair_vec.norm(dim=1)
+        rbf_p = self.pair_rbf(r_pair)
+        env_p = self.pair_rbf.envelope(r_pair) if cfg.pair_norm else None
+        pair_attr = torch.cat([rbf_p, attrs[pairs[:, 0]], attrs[pairs[:, 1]]], dim=1) if cfg.pair_product else None
         pair_feat = x.new_zeros(pairs.shape[0], num_coeffs(L), cfg.pair_channels)
         for msg, node, pair in zip(self.messages, self.nodes, self.pairs):
             x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e)
             x = x + node(x, w_node, attrs, g.has_frame, f_atom, f_weight)
-            pair_feat = pair_feat + pair(x, pair_feat, pairs, w_pair, rbf_p)
+            pair_feat = pair_feat + pair(x, pair_feat, pairs, w_pair, rbf_p, pair_attr, env_p)
         # readout: diagonal blocks in node frames, off-diagonal blocks in pair frames
         xn = self.diag_norm(x)
-        diag = self.diag_readout(so2ops.rotate(xn, w_node, L, index=f_atom))
+        diag_mod = None
+        if self.diag_readout_scale is not None:
+            diag_mod = self.diag_readout_scale[elem if f_atom is None else elem[f_atom]]
+        diag = self.diag_readout(so2ops.rotate(xn, w_node, L, index=f_atom), diag_mod)
         if f_weight is not None:
             diag = diag * f_weight[:, None, None].to(diag.dtype)
         if n_pairs:
             xi = so2ops.rotate(xn, w_pair, L, index=pairs[:, 0])
             xj = so2ops.rotate(xn, w_pair, L, index=pairs[:, 1])
-            off = 0.5 * self.pair_readout(torch.cat([self.pair_norm(pair_feat), xi, xj], dim=2))
+            pair_mod = None
+            if self.pair_readout_scale is not None:
+                pair_mod = self.pair_readout_scale[elem[pairs[:, 0]] * len(cfg.elements) + elem[pairs[:, 1]]]
+            off = 0.5 * self.pair_readout(torch.cat([self.pair_norm(pair_feat), xi, xj], dim=2), pair_mod)
         else:
             off = diag.new_zeros(0, diag.shape[1], diag.shape[2])
         atoms = torch.arange(n, device=dev)
