@@ -3,7 +3,7 @@
     python -m bench accuracy [--variant NAME[=JSON]] ... [--budget-s 900] [--preset md17]
                              [--molecules water=300,ethanol=300,malondialdehyde=200,uracil=150]
                              [--xc b3lyp] [--basis def2-svp] [--cache DIR] [--jobs 2] [--scf 5]
-                             [--out DIR] [--name NAME]
+                             [--speed-molecule uracil] [--speed-threads 2] [--out DIR] [--name NAME]
 
 1. **Data** (built once, cached in ``--cache``, default ``$XDG_CACHE_HOME/qhnetv2/yardstick``):
    MD17-like trajectories of each molecule (``qhnetv2.data.recipe``: MMFF Langevin MD
@@ -20,6 +20,9 @@
    off-diagonal by atom-pair distance bin), orbital-energy MAE, HOMO-LUMO gap error
    (mean, max), lowest-10 virtual MAE, and SCF cycles from the prediction against
    PySCF's ``minao`` start; per molecule and over all.
+5. **Speed**: each variant's batch-1 forward and forward+backward time on
+   ``--speed-molecule`` (def2-SVP, float32), timed side by side in one process, and the
+   ratio to the first variant (the accuracy is only worth what it costs per molecule).
 
 A variant is ``NAME`` (the preset unchanged, e.g. ``main``) or ``NAME={"model": {...},
 "lr": ...}``: overrides of the training config (``qhnetv2/training/config.py``), the
@@ -158,6 +161,69 @@ def _calibrate_worker(args: Dict[str, Any]) -> float:
     return 1.0 / float(rate)
 
 
+def batch1_speed(preset: str, variants: Dict[str, Dict[str, Any]], threads: int,
+                 molecule: str = "uracil", target_s: float = 3.0) -> Dict[str, Dict[str, float]]:
+    """Batch-1 ``molecule`` forward and forward+backward seconds of each variant's model
+    (def2-SVP, float32, random weights, ``threads`` torch threads; about ``target_s``
+    seconds of repetitions per row), timed side by side in rounds
+    (``bench.timer.time_cpu_interleaved``) so that the ratios to ``main`` are fair.
+
+    Returns ``{variant: {"fwd_s": median, "fwdbwd_s": median}}``.
+    """
+    import torch
+
+    from bench.models.molecules import system
+    from bench.models.qhnetv2_model import ELEMENTS, LAYOUT
+    from bench.timer import Budget, time_cpu_interleaved
+    from qhnetv2.model import QHNetV2
+    from qhnetv2.model import preset as model_preset
+    from so2ops import HamiltonianIndex
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        z, pos, batch = system(molecule)
+        pos = pos.float()
+        index = HamiltonianIndex.build(LAYOUT, z, batch)
+        calls, names = [], []
+        for name, over in variants.items():
+            cfg = variant_config(preset, over, 1, threads)
+            torch.manual_seed(0)
+            sizes = model_preset(cfg.model["preset"], **cfg.model_overrides()).to_dict()
+            sizes.pop("basis"), sizes.pop("elements")
+            model = QHNetV2(elements=ELEMENTS, layout=LAYOUT, **sizes).float()
+            params = [q for q in model.parameters() if q.requires_grad]
+
+            def fwd(model=model):
+                with torch.no_grad():
+                    model.forward_batch(z, pos, batch, index=index)
+
+            def fwdbwd(model=model, params=params):
+                h = model.forward_batch(z, pos, batch, index=index)[0]
+                torch.autograd.grad(h.square().sum(), params, allow_unused=True)
+
+            budget = Budget(warmup=1, target_s=target_s, min_reps=3, max_reps=30)
+            calls += [(fwd, _nullcontext, budget), (fwdbwd, _nullcontext, budget)]
+            names.append(name)
+        res = time_cpu_interleaved(calls)
+    finally:
+        torch.set_num_threads(old_threads)
+    out = {}
+    for k, name in enumerate(names):
+        f, fb = res[2 * k], res[2 * k + 1]
+        for r in (f, fb):
+            if isinstance(r, Exception):
+                raise r
+        out[name] = {"fwd_s": f["median"], "fwdbwd_s": fb["median"]}
+    return out
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def offdiagonal_by_distance(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray],
                             positions: Sequence[np.ndarray], ao_slices: Sequence[np.ndarray],
                             bins: Sequence[float] = DISTANCE_BINS) -> Dict[str, Tuple[float, int]]:
@@ -247,10 +313,17 @@ def format_report(doc: Dict[str, Any]) -> str:
              f"{doc['date']}, commit {doc['commit']}, {doc['device']}; data {doc['data']} "
              f"({doc['xc']}/{doc['basis']}; train/valid/test {doc['n_train']}/{doc['n_valid']}/{doc['n_test']}); "
              f"budget {doc['budget_s']:.0f} s per variant, {doc['jobs']} at a time, {doc['threads']} thread(s) each.", ""]
-    lines += ["| variant | steps | s/step | train wall (s) | parameters |", "|---|---|---|---|---|"]
+    speed = doc.get("speed") or {}
+    mol = doc.get("speed_molecule", "uracil")
+    lines += [f"| variant | steps | s/step | train wall (s) | parameters | batch-1 {mol} fwd (ms) "
+              f"| batch-1 {mol} fwd+bwd (ms) | fwd+bwd vs {names[0]} |", "|---|---|---|---|---|---|---|---|"]
+    base = speed.get(names[0], {}).get("fwdbwd_s")
     for n in names:
         v = doc["variants"][n]
-        lines.append(f"| {n} | {v['steps']} | {v['s_per_step']:.3f} | {v['wall_s']:.0f} | {v['parameters']:,} |")
+        sp = speed.get(n)
+        t = (f"{1e3 * sp['fwd_s']:.0f} | {1e3 * sp['fwdbwd_s']:.0f} | {sp['fwdbwd_s'] / base:.2f}x"
+             if sp and base else "— | — | —")
+        lines.append(f"| {n} | {v['steps']} | {v['s_per_step']:.3f} | {v['wall_s']:.0f} | {v['parameters']:,} | {t} |")
     lines.append("")
     mols = list(doc["variants"][names[0]]["test"]["molecules"])
     for mol in mols:
@@ -294,6 +367,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     ap.add_argument("--scf", type=int, default=3, help="SCF runs per molecule from the prediction and from minao")
     ap.add_argument("--calibration-steps", type=int, default=30, help="steps of the short run that measures s/step")
+    ap.add_argument("--speed-molecule", default="uracil",
+                    help="time each variant's batch-1 forward(+backward) on this molecule ('' to skip)")
+    ap.add_argument("--speed-threads", type=int, default=2, help="torch threads for the speed rows")
+    ap.add_argument("--speed-seconds", type=float, default=3.0, help="timed repetitions per speed row (seconds)")
     ap.add_argument("--runs", default=None, help="folder of the training runs (default: CACHE/runs/NAME)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--name", default="yardstick", help="result file stem")
@@ -354,6 +431,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               "wall_s": tr["wall_s"], "best_val_mae_uEh": tr["best_val_mae_uEh"],
                               "parameters": int(sum(p.numel() for p in model.parameters())),
                               "test": evaluate_variant(tr["best_checkpoint"], data, split["test"], args.scf)}
+    # batch-1 speed of every variant, side by side (what each one costs a user per molecule)
+    if args.speed_molecule:
+        doc["speed_molecule"] = args.speed_molecule
+        doc["speed"] = batch1_speed(args.preset, variants, args.speed_threads, args.speed_molecule,
+                                   args.speed_seconds)
     out_dir = os.path.join(args.out, results_dirname(torch.device("cpu")), "accuracy")
     from qhnetv2.evaluate import _json_safe
 

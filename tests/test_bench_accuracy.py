@@ -57,7 +57,8 @@ def test_yardstick_end_to_end(tmp_path):
                         "--variant", "main", "--variant", 'narrow={"model": {"channels": 16}}',
                         "--budget-s", "4", "--calibration-steps", "6", "--jobs", "1", "--scf", "1",
                         "--test-fraction", "0.2", "--valid-fraction", "0.1", "--label-workers", "1",
-                        "--cache", str(tmp_path / "cache"), "--out", str(out), "--name", "t"])
+                        "--cache", str(tmp_path / "cache"), "--out", str(out), "--name", "t",
+                        "--speed-molecule", "water", "--speed-threads", "1", "--speed-seconds", "0.05"])
     assert rc == 0
     (md,) = list(out.glob("*/accuracy/t.md"))
     doc = json.loads(md.with_suffix(".json").read_text())
@@ -70,3 +71,8 @@ def test_yardstick_end_to_end(tmp_path):
         assert 6 <= v["steps"] < 2000  # a rate-based budget, not a runaway step count
     text = md.read_text()
     assert "| H MAE (uEh) |" in text and "narrow" in text
+    # the speed rows: both variants timed, forward cheaper than forward+backward
+    assert set(doc["speed"]) == {"main", "narrow"} and doc["speed_molecule"] == "water"
+    for sp in doc["speed"].values():
+        assert 0 < sp["fwd_s"] < sp["fwdbwd_s"] < 60
+    assert "fwd+bwd vs main" in text and "1.00x" in text
