@@ -7,10 +7,11 @@
 * Spectrum metrics (same eigenvalues): LUMO error, HOMO-LUMO gap error (mean and
   worst molecule), worst orbital-energy error (eV), and the MAE of the lowest 10
   virtual orbital energies (micro-Hartree).
-* Density metrics (:func:`qhnetv2.metrics.density_metrics`, one PySCF Fock build
-  per density, on the first ``density`` molecules, all by default): total-energy
-  error E[D(H_pred)] - E[D(H_true)] with the labels' functional (signed mean and
-  mean absolute, micro-Hartree) and dipole error (Debye).
+* Density metrics (the definitions of :func:`qhnetv2.metrics.density_metrics`, one
+  PySCF Fock build per density, on the first ``density`` molecules, all by default):
+  total-energy error E[D(H_pred)] - E[D(H_true)] with the labels' functional (signed
+  mean and mean absolute, micro-Hartree) and dipole error (Debye).  With ``refine``
+  the refinement's Fock build F[D(H_pred)] is the one these use (not built twice).
 * With ``scf=N``: the QH9 DFT-acceleration protocol on the first N evaluated
   molecules, with the dataset's own SCF settings: SCF cycles started from the
   predicted Hamiltonian vs from PySCF's ``minao`` guess, and |E(pred) - E(minao)|,
@@ -83,6 +84,57 @@ def _scf_settings(reader) -> Dict[str, Any]:
     settings = {k: v for k, v in (reader.meta.get("settings") or {}).items() if k in SCF_SETTING_KEYS}
     settings.setdefault("conv_tol", 1e-12)
     return settings
+
+
+def _same_scf(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Do two settings dicts configure the same SCF (functional, basis up to spelling, grid, ...)?"""
+    from .consistency import scf_settings
+    from .inference import normalize_basis
+
+    a, b = scf_settings(a), scf_settings(b)
+    return dict(a, basis=normalize_basis(a["basis"])) == dict(b, basis=normalize_basis(b["basis"]))
+
+
+def _fock_builds(preds, recs, charges, rows: Sequence[int], settings: Sequence[Dict[str, Any]],
+                 shared: Optional[Dict[int, Any]] = None) -> Dict[int, Any]:
+    """``{row: (build, settings)}``: the one Fock build ``F[D(H_pred)]`` of each molecule ``recs[row]``.
+
+    ``build`` is :func:`qhnetv2.consistency.fock_build` of ``preds[row]`` with ``settings[k]``
+    for ``rows[k]`` (None: open shell).  An entry of ``shared`` (the same form) made with the
+    same SCF settings is reused, not redone: the refinement's build serves the density
+    metrics, so D(H_pred) and F[D(H_pred)] are built once per molecule.
+    """
+    from .consistency import fock_build
+
+    out: Dict[int, Any] = {}
+    for j, st in zip(rows, settings):
+        b, b_settings = (shared or {}).get(j, (None, None))
+        if b is not None and _same_scf(b_settings, st):
+            out[j] = (b, b_settings)
+        else:
+            out[j] = (fock_build(preds[j], recs[j]["atomic_numbers"], recs[j]["positions"], st, charges[j]), st)
+    return out
+
+
+def _density_errors(build, mol_id, n_electrons: int, charge: int, h_true: np.ndarray) -> Dict[str, float]:
+    """:func:`qhnetv2.metrics.density_metrics`'s per-molecule errors from a :class:`FockBuild` of H_pred.
+
+    The same definitions (``energy_error`` = E[D(H_pred)] - E[D(H_true)], its absolute value,
+    ``dipole_error`` = |mu(D(H_pred)) - mu(D(H_true))| Debye, one ``mf`` for both densities),
+    with E[D(H_pred)] from the build's stored potential instead of a second Fock build.
+    """
+    from .metrics import closed_shell_density
+
+    if build is None:
+        raise ValueError(f"molecule {mol_id!r}: {n_electrons} electrons (charge {charge}); only closed-shell "
+                         f"molecules are supported")
+    mf, mol = build.mf, build.mol
+    dm_t = closed_shell_density(h_true, build.overlap, build.n_occ)
+    e_p, e_t = build.energy(), float(mf.energy_tot(dm=dm_t))
+    mu_p = np.asarray(mf.dip_moment(mol, build.density, unit="Debye", verbose=0))
+    mu_t = np.asarray(mf.dip_moment(mol, dm_t, unit="Debye", verbose=0))
+    return {"energy_error": e_p - e_t, "energy_abs_error": abs(e_p - e_t),
+            "dipole_error": float(np.linalg.norm(mu_p - mu_t))}
 
 
 def scf_acceleration(items: Sequence[Dict[str, Any]], settings: Dict[str, Any],
@@ -162,8 +214,7 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
     """
     from .data.store import HamiltonianReader
     from .inference import model_and_extra, predict_hamiltonians, target_of
-    from .metrics import DENSITY_KEYS, METRIC_KEYS as RAW_KEYS, density_metrics, hamiltonian_metrics, \
-        summarize, to_micro_hartree
+    from .metrics import DENSITY_KEYS, METRIC_KEYS as RAW_KEYS, hamiltonian_metrics, summarize, to_micro_hartree
 
     model, extra, checkpoint = model_and_extra(model_or_ckpt, device, extra)
     target = target_of(extra)
@@ -216,33 +267,35 @@ def evaluate(model_or_ckpt, data_dir: str, ids: Optional[Sequence[str]] = None, 
                                 ao_slices=[_ao_slices(layout, r["atomic_numbers"]) for r in recs])
         for k in RAW_KEYS:
             per_values[k].extend(float(v) for v in m["per_molecule"][k])
+        builds: Dict[int, Any] = {}  # row -> (FockBuild of D(H_pred), its settings), shared below
         if refine:
-            from .consistency import check_predictions
+            from .consistency import ARRAY_KEYS, consistency_row
 
-            checks = check_predictions(preds, [r["atomic_numbers"] for r in recs], [r["positions"] for r in recs],
-                                       dict(meta_settings, basis=model.config.basis), charges=charges)
+            builds = _fock_builds(preds, recs, charges, range(len(recs)),
+                                  [dict(meta_settings, basis=model.config.basis)] * len(recs))
+            checks = [consistency_row(h, builds[j][0]) for j, h in enumerate(preds)]
             # an open-shell molecule has no refinement: its prediction stands in (and is counted as such)
             refined = [c["refined"] if c["refined"] is not None else h for c, h in zip(checks, preds)]
             mr = hamiltonian_metrics(refined, [r["hamiltonian"] for r in recs], [r["overlap"] for r in recs], n_occ,
                                      ao_slices=[_ao_slices(layout, r["atomic_numbers"]) for r in recs])
             for k in RAW_KEYS:
                 refined_values[k].extend(float(v) for v in mr["per_molecule"][k])
-            consistency.extend({k: v for k, v in c.items() if k != "refined"} for c in checks)
+            consistency.extend({k: v for k, v in c.items() if k not in ARRAY_KEYS} for c in checks)
         if n_density:
             # molecules past the first n_density get NaN (left out of the means, null in the JSON)
             sel = [j for j in range(len(recs)) if start + j < n_density]
-            d = None
-            if sel:
-                # the record's own settings (its functional, basis, grid) over the dataset's
-                d = density_metrics([preds[j] for j in sel], [recs[j]["hamiltonian"] for j in sel],
-                                    [recs[j]["atomic_numbers"] for j in sel], [recs[j]["positions"] for j in sel],
-                                    [dict(meta_settings, **(recs[j].get("settings") or {})) for j in sel],
-                                    charges=[charges[j] for j in sel])
+            # the record's own settings (its functional, basis, grid) over the dataset's; the
+            # refinement's Fock build of D(H_pred) is reused where those are the same settings
+            dbuilds = _fock_builds(preds, recs, charges, sel,
+                                   [dict(meta_settings, **(recs[j].get("settings") or {})) for j in sel], builds)
+            vals = {k: [float("nan")] * len(recs) for k in DENSITY_KEYS}
+            for j in sel:
+                n_el = int(np.sum(recs[j]["atomic_numbers"])) - charges[j]
+                row = _density_errors(dbuilds[j][0], recs[j]["id"], n_el, charges[j], recs[j]["hamiltonian"])
+                for k in DENSITY_KEYS:
+                    vals[k][j] = float(row[k])
             for k in DENSITY_KEYS:
-                vals = [float("nan")] * len(recs)
-                for pos, j in enumerate(sel):
-                    vals[j] = float(d["per_molecule"][k][pos])
-                per_values[k].extend(vals)
+                per_values[k].extend(vals[k])
         mol_ids.extend(r["id"] for r in recs)
         in_domain.extend(domain_flags(model, extra, [r["atomic_numbers"] for r in recs], [r["positions"] for r in recs],
                                       ids=[r["id"] for r in recs], source=checkpoint))

@@ -120,6 +120,12 @@ def orbital_summary(H: np.ndarray, S: np.ndarray, n_electrons: int) -> Dict[str,
     from .metrics import orbitals
 
     eps, _ = orbitals(np.asarray(H, dtype=np.float64), np.asarray(S, dtype=np.float64))
+    return frontier_summary(eps, n_electrons)
+
+
+def frontier_summary(eps: np.ndarray, n_electrons: int) -> Dict[str, Any]:
+    """:func:`orbital_summary` from already solved orbital energies ``eps`` ``[n_ao]`` (Hartree, ascending)."""
+    eps = np.asarray(eps, dtype=np.float64)
     i_homo = (int(n_electrons) + 1) // 2 - 1
     homo = float(eps[i_homo]) if 0 <= i_homo < eps.size else float("nan")
     lumo = float(eps[i_homo + 1]) if i_homo + 1 < eps.size else float("nan")
@@ -251,12 +257,18 @@ def predict_geometries(model_or_ckpt, geometries: Sequence[str], out: str, fmt: 
                                   f"{CONSISTENCY_TOL_EV} eV); its orbital spectrum is not trustworthy"
                                   + ("" if refine else " (--refine gives F[D(H_pred)])"), ConsistencyWarning,
                                   stacklevel=2)
+            # the check already solved H C = S C eps (and F1's): reuse it, no second overlap / eigen-solve
+            eps = None if c is None else c.get("mo_energy")
             if refine and c is not None and c["refined"] is not None:
                 arrays[f"{key}/hamiltonian_network"] = np.asarray(h, dtype=np.float64)
                 h = c["refined"]
+                eps = c["mo_energy_refined"]
             try:
-                S = overlap_matrix(g["atomic_numbers"], g["positions"], basis, g["charge"])
-                orb = orbital_summary(h, S, n_el)
+                if eps is None:  # not checked (--no-check, open shell): solve here
+                    S = overlap_matrix(g["atomic_numbers"], g["positions"], basis, g["charge"])
+                    orb = orbital_summary(h, S, n_el)
+                else:
+                    orb = frontier_summary(eps, n_el)
             except Exception as exc:
                 failures[key] = f"orbital energies: {type(exc).__name__}: {exc}"
                 arrays.pop(f"{key}/hamiltonian_network", None)

@@ -27,7 +27,7 @@ import torch
 from ..dispatch import register_impl
 from ._launch import check_rows
 from .rotate import rotate_apply, rotate_grad_wigner
-from .so2_linear import so2_apply, so2_grad_weight
+from .so2_linear import so2_apply, so2_linear_grads
 from .so2_message import segment_sum
 
 
@@ -75,7 +75,7 @@ def _backward(grad, x, wigner, index, weight, modulation, bias, scale, lmax, mma
     need_mod = need_mod and modulation is not None
     need_bias = need_bias and bias is not None
     need_scale = need_scale and scale is not None
-    gx, gwig, gw, gm, gb, gs = (grad.new_empty(0) for _ in range(6))
+    gx, gwig, gb, gs = (grad.new_empty(0) for _ in range(4))  # gw, gm: from so2_linear_grads below
     # g_edge: the gradient wrt the op's per-edge output  s_e (Lin(local_e) + bias)
     g_edge = rotate_apply(grad, wigner, lmax, gather=index) if to_nodes else grad
     # local: the SO(2) layer's input (the rotated gather, or x itself)
@@ -92,14 +92,9 @@ def _backward(grad, x, wigner, index, weight, modulation, bias, scale, lmax, mma
     if need_bias:
         gb = torch.stack([gz[:, l * l + l, :].sum(0) for l in range(lmax + 1)])
     need_glocal = need_x or (need_wigner and not to_nodes)
-    glocal = None
-    if need_glocal or need_mod:
-        glocal, gmod = so2_apply(gz, weight, modulation, lmax, mmax, cin, out_channels, transpose=True, x=local,
-                                 need_out=need_glocal, need_gmod=need_mod)
-        if need_mod:
-            gm = gmod
-    if need_weight:
-        gw = so2_grad_weight(gz, local, modulation, lmax, mmax, cin, out_channels)
+    # the SO(2) layer's own backward on the edge frame: glocal = Lin^T(gz) and the weight / modulation grads
+    glocal, gw, gm = so2_linear_grads(gz, local, weight, modulation, lmax, mmax, cin, out_channels, need_glocal,
+                                      need_weight, need_mod)
     if to_nodes:
         if need_x:
             gx = glocal

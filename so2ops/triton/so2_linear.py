@@ -305,9 +305,19 @@ def so2_linear_forward(x, weight, modulation, lmax, mmax, out_channels):
     return out
 
 
-def so2_linear_backward(grad, x, weight, modulation, lmax, mmax, out_channels, need_x, need_weight, need_mod):
-    """``(grad_x, grad_weight, grad_modulation)``, ``[0]`` tensors where not needed."""
-    cin = x.shape[2]
+def so2_linear_grads(grad, x, weight, modulation, lmax, mmax, cin, out_channels, need_x, need_weight, need_mod):
+    """``(grad_x, grad_weight, grad_modulation)`` of ``y = Lin(x)``, ``[0]`` tensors where not needed.
+
+    The one copy of the SO(2) layer's backward, shared by :func:`so2_linear_backward` and the
+    Triton ``so2_frame_linear`` backward (which calls it on its edge-frame input).
+
+    Args:
+        grad: ``[E, K, out_channels]`` gradient wrt ``y``.
+        x: ``[E, K, cin]`` the layer's input; only read for ``need_weight`` / ``need_mod``, so it may
+            be ``None`` when neither is asked (hence ``cin`` is passed, not read from ``x``).
+    Returns ``grad_x [E, K, cin]``, ``grad_weight [weight_size]``, ``grad_modulation`` (the shape of
+    ``modulation``; ``[0]`` when it is ``None``).
+    """
     need_mod = need_mod and modulation is not None
     gx, gw, gm = (grad.new_empty(0) for _ in range(3))  # distinct: outputs may not alias
     if need_x or need_mod:
@@ -320,6 +330,12 @@ def so2_linear_backward(grad, x, weight, modulation, lmax, mmax, out_channels, n
     if need_weight:
         gw = so2_grad_weight(grad, x, modulation, lmax, mmax, cin, out_channels)
     return gx, gw, gm
+
+
+def so2_linear_backward(grad, x, weight, modulation, lmax, mmax, out_channels, need_x, need_weight, need_mod):
+    """``(grad_x, grad_weight, grad_modulation)``, ``[0]`` tensors where not needed."""
+    return so2_linear_grads(grad, x, weight, modulation, lmax, mmax, x.shape[2], out_channels, need_x,
+                            need_weight, need_mod)
 
 
 register_impl("so2_linear", "triton", so2_linear_forward, so2_linear_backward)

@@ -187,3 +187,156 @@ def test_evaluate_and_predict_cli_report_consistency(tiny_ckpt, tmp_path):
     assert not s2["consistency_checked"]
     for i in g["ids"]:
         assert int(g[f"{i}/self_consistent"]) == -1 and f"{i}/hamiltonian_network" not in g.files
+
+
+# --- what the check computes is exposed and reused: one overlap / eigen-solve / Fock build per molecule
+
+
+def test_check_rows_expose_overlap_and_spectra(ethanol):
+    import scipy.linalg
+    mf, H, S, n_occ = ethanol
+    rng = np.random.default_rng(2)
+    P = rng.normal(scale=1e-3, size=H.shape)
+    Hp = H + (P + P.T) / 2
+    (row,) = consistency.check_predictions([Hp], [ETHANOL_Z], [ETHANOL_POS], SETTINGS)
+    np.testing.assert_allclose(row["overlap"], S, atol=1e-12)
+    # independent solver (scipy's Cholesky-based one) for both spectra
+    np.testing.assert_allclose(row["mo_energy"], scipy.linalg.eigh(Hp, S, eigvals_only=True), atol=1e-9)
+    np.testing.assert_allclose(row["mo_energy_refined"], scipy.linalg.eigh(row["refined"], S, eigvals_only=True),
+                               atol=1e-9)
+    e, e1 = row["mo_energy"], row["mo_energy_refined"]
+    assert row["gap_eV"] == pytest.approx((e[n_occ] - e[n_occ - 1]) * consistency.HARTREE_TO_EV, abs=1e-9)
+    assert row["gap_refined_eV"] == pytest.approx((e1[n_occ] - e1[n_occ - 1]) * consistency.HARTREE_TO_EV, abs=1e-9)
+
+
+@pytest.mark.parametrize("xc", ["hf", "lda,vwn"])
+def test_fock_build_energy_and_fock_match_separate_pyscf_calls(xc):
+    """The stored potential gives the same F1 and E[D] as two separate PySCF builds (DFT grid included)."""
+    from qhnetv2.data.labelling import build_mol, make_mf, make_settings
+    from qhnetv2.metrics import closed_shell_density
+    settings = {"basis": "sto-3g", "xc": xc}
+    mol = build_mol(WATER_Z, WATER_POS, "sto-3g")
+    ref = make_mf(mol, make_settings(**settings))
+    S = mol.intor_symmetric("int1e_ovlp")
+    rng = np.random.default_rng(3)
+    P = rng.normal(scale=1e-2, size=S.shape)
+    H = ref.get_fock(dm=ref.get_init_guess()) + (P + P.T) / 2
+    b = consistency.fock_build(H, WATER_Z, WATER_POS, settings)
+    D = closed_shell_density(H, S, 5)
+    np.testing.assert_allclose(b.density, D, atol=1e-12)
+    # a fresh object each: the DFT grid is pruned on the first density it sees, D here as in fock_build
+    e_sep = float(make_mf(mol, make_settings(**settings)).energy_tot(dm=D))
+    f_sep = make_mf(mol, make_settings(**settings)).get_fock(dm=D)
+    assert b.energy() == pytest.approx(e_sep, abs=1e-10)
+    np.testing.assert_allclose(b.fock, f_sep, atol=1e-10)
+    assert consistency.fock_build(H[:3, :3], np.array([8, 1]), WATER_POS[:2], settings) is None  # odd: open shell
+
+
+@pytest.fixture(scope="module")
+def full_ckpt(tmp_path_factory):
+    """A ``full``-target checkpoint with HF/STO-3G settings: no base Hamiltonian, so every PySCF
+    call during predict / evaluate is the check's or the metrics'."""
+    from qhnetv2.model import QHNetV2
+    torch.manual_seed(1)
+    model = QHNetV2(basis="sto-3g", elements=[1, 8], channels=8, layers=1, mmax=2, num_rbf=8, body_order=2)
+    path = str(tmp_path_factory.mktemp("consistency_full") / "m.pt")
+    model.save(path, extra={"target": "full", "settings": {"basis": "sto-3g", "xc": "hf", "conv_tol": 1e-10}})
+    return path
+
+
+def _count_pyscf(monkeypatch):
+    """Count overlap integrals, eigen-solves, mean-field objects and Fock builds (``get_veff``)."""
+    from pyscf import gto
+
+    from qhnetv2 import metrics
+    from qhnetv2.data import labelling
+    n = {"ovlp": 0, "eig": 0, "mf": 0, "veff": 0}
+    intor, orbitals, make_mf = gto.Mole.intor, metrics.orbitals, labelling.make_mf
+
+    def counting_intor(self, intor_name, *a, **k):
+        n["ovlp"] += str(intor_name).startswith("int1e_ovlp")
+        return intor(self, intor_name, *a, **k)
+
+    def counting_orbitals(H, S):
+        n["eig"] += 1
+        return orbitals(H, S)
+
+    def counting_make_mf(mol, settings):
+        mf = make_mf(mol, settings)
+        n["mf"] += 1
+        get_veff = mf.get_veff
+
+        def counting_veff(*a, **k):
+            n["veff"] += 1
+            return get_veff(*a, **k)
+        mf.get_veff = counting_veff
+        return mf
+    monkeypatch.setattr(gto.Mole, "intor", counting_intor)
+    monkeypatch.setattr(metrics, "orbitals", counting_orbitals)
+    monkeypatch.setattr(labelling, "make_mf", counting_make_mf)
+    return n
+
+
+@pytest.mark.filterwarnings("ignore::qhnetv2.domain.DomainWarning")
+@pytest.mark.filterwarnings("ignore::qhnetv2.consistency.ConsistencyWarning")
+@pytest.mark.parametrize("refine", [False, True])
+def test_predict_reuses_the_checks_overlap_and_spectrum(full_ckpt, tmp_path, monkeypatch, refine):
+    from qh_helpers import water_frames, write_xyz
+
+    from qhnetv2.metrics import orbitals
+    from qhnetv2.predict import HARTREE_TO_EV, overlap_matrix, predict_geometries
+    xyz = write_xyz(str(tmp_path / "mols.xyz"), water_frames(3, seed=4))
+    out = str(tmp_path / "p.npz")
+    n = _count_pyscf(monkeypatch)
+    s = predict_geometries(full_ckpt, [xyz], out, refine=refine)
+    assert s["n_ok"] == 3 and s["consistency_checked"]
+    # per molecule: one overlap, one solve of H and one of F1, one Fock build (was 2 / 4 / 1)
+    assert n == {"ovlp": 3, "eig": 6, "mf": 3, "veff": 3}
+    monkeypatch.undo()
+    f = np.load(out, allow_pickle=False)
+    for i in f["ids"]:
+        # the reused spectrum is the one predict solved on its own before: eigenvalues of the stored H
+        S = overlap_matrix(f[f"{i}/atomic_numbers"], f[f"{i}/positions"], "sto-3g")
+        eps = orbitals(f[i], S)[0]
+        np.testing.assert_allclose(f[f"{i}/orbital_energies"], eps, rtol=0, atol=1e-12)
+        n_occ = int(f[f"{i}/n_electrons"]) // 2
+        assert float(f[f"{i}/homo"]) == pytest.approx(eps[n_occ - 1], abs=1e-12)
+        assert float(f[f"{i}/lumo"]) == pytest.approx(eps[n_occ], abs=1e-12)
+        assert float(f[f"{i}/homo_lumo_gap_eV"]) == pytest.approx((eps[n_occ] - eps[n_occ - 1]) * HARTREE_TO_EV,
+                                                                   abs=1e-10)
+        assert (f"{i}/hamiltonian_network" in f.files) == refine
+    n = _count_pyscf(monkeypatch)
+    assert predict_geometries(full_ckpt, [xyz], str(tmp_path / "q.npz"), check=False)["n_ok"] == 3
+    assert n == {"ovlp": 3, "eig": 3, "mf": 0, "veff": 0}  # unchecked: predict solves on its own
+
+
+@pytest.mark.filterwarnings("ignore::qhnetv2.domain.DomainWarning")
+def test_evaluate_refine_and_density_share_one_fock_build(full_ckpt, tmp_path, monkeypatch):
+    from qh_helpers import labelled_water
+
+    from qhnetv2.data import HamiltonianReader
+    from qhnetv2.evaluate import evaluate
+    from qhnetv2.inference import model_and_extra, predict_hamiltonians
+    from qhnetv2.metrics import DENSITY_KEYS, density_metrics
+    d = labelled_water(tmp_path, 3, seed=6)
+    n = _count_pyscf(monkeypatch)
+    both = evaluate(full_ckpt, d["data"], refine=True)
+    # per molecule: one mean-field object; Fock builds of D(H_pred) (shared) and of D(H_true) only
+    assert n["mf"] == 3 and n["veff"] == 6
+    monkeypatch.undo()
+    dens = evaluate(full_ckpt, d["data"])
+    ref = evaluate(full_ckpt, d["data"], refine=True, density=0)
+    for k in DENSITY_KEYS:  # density metrics do not depend on --refine ...
+        assert both["metrics_hartree"][k] == pytest.approx(dens["metrics_hartree"][k], rel=1e-12, abs=1e-15)
+    assert both["refined"]["metrics_hartree"] == pytest.approx(ref["refined"]["metrics_hartree"], rel=1e-12)
+    for a, b in zip(both["per_molecule"], ref["per_molecule"]):
+        assert a["self_consistent"] == b["self_consistent"]
+        assert a["gap_shift_eV"] == pytest.approx(b["gap_shift_eV"], abs=1e-9)
+    # ... and are qhnetv2.metrics.density_metrics' numbers
+    recs = [HamiltonianReader(d["data"])[i] for i in range(3)]
+    model, extra, _ = model_and_extra(full_ckpt, "cpu", None)
+    preds = predict_hamiltonians(model, extra, [r["atomic_numbers"] for r in recs], [r["positions"] for r in recs])
+    want = density_metrics(preds, [r["hamiltonian"] for r in recs], [r["atomic_numbers"] for r in recs],
+                           [r["positions"] for r in recs], {"xc": "hf", "basis": "sto-3g"})
+    for k in DENSITY_KEYS:
+        assert both["metrics_hartree"][k] == pytest.approx(want[k], rel=1e-6, abs=1e-12)
