@@ -305,3 +305,127 @@ def test_grid_below_the_exact_size(backend, inputs):
     with pytest.raises(ValueError, match=rf"grid={need - 1} must be in \[{need}, "):
         _tp(x, w_in, coeffs, w_out, grid=need - 1)
     _tp(x, w_in, coeffs, w_out, grid=need)
+
+
+# ------------------------------------------------------------------ the hand-written GEMM backward (issue 19)
+GEMM_CASES = [  # lmax, mmax, cin, hidden, cout, nu, nodes: N = 0 / 1, hidden != C, mmax 0, 1, 2 and = lmax
+    (0, 0, 3, 4, 2, 1, 1),
+    (2, 0, 3, 5, 2, 2, 4),
+    (3, 1, 4, 2, 3, 3, 0),
+    (4, 2, 5, 7, 3, 3, 1),
+    (2, 2, 2, 6, 5, 2, 5),
+    (3, 3, 3, 2, 4, 4, 3),
+]
+NEEDS = [tuple(bool(i >> b & 1) for b in range(4)) for i in range(16)]  # (x, w_in, coeffs, w_out), every subset
+
+
+def _ids(case):
+    return "l{}m{}c{}h{}o{}nu{}n{}".format(*case)
+
+
+@pytest.mark.parametrize("case", GEMM_CASES, ids=_ids)
+def test_gemm_stages_match_autograd_through_the_reference(case):
+    """``_tp_gemm``'s forward equals the reference stages, its backward their autograd (float64), per need."""
+    from so2ops.ops import _tp_gemm
+    from so2ops.reference.so2_tensor_product import from_spectral, to_spectral
+
+    lmax, mmax, cin, hidden, cout, nu, n = case
+    x, w_in, _, w_out = tp_inputs(n, lmax, mmax, cin, hidden, cout, nu, F64, "cpu", seed=5)
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(n, 2 * mmax + 1, hidden, dtype=F64, generator=g)
+    leaves = [t.clone().requires_grad_(True) for t in (x, w_in, q, w_out)]
+    s_ref = to_spectral(leaves[0], leaves[1], lmax, mmax, hidden)
+    out_ref = from_spectral(leaves[2], leaves[3], lmax, mmax, cout)
+    gs = torch.randn(s_ref.shape, dtype=F64, generator=g)
+    gout = torch.randn(out_ref.shape, dtype=F64, generator=g)
+    gx, gwi = torch.autograd.grad(s_ref, leaves[:2], gs)
+    gq, gwo = torch.autograd.grad(out_ref, leaves[2:], gout)
+
+    s, gathered = _tp_gemm.to_spectral_gathered(x, w_in, lmax, mmax, hidden)
+    torch.testing.assert_close(s, s_ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(_tp_gemm.from_spectral(q, w_out, lmax, mmax, cout), out_ref.detach(),
+                               rtol=1e-12, atol=1e-12)
+    for need_a, need_b in [(True, True), (True, False), (False, True)]:
+        for rows in (gathered, None):  # rows reused from the forward, or gathered again
+            a, b = _tp_gemm.to_spectral_backward(gs, x, w_in, lmax, mmax, need_a, need_b, rows)
+            assert (a is None) != need_a and (b is None) != need_b
+            if need_a:
+                torch.testing.assert_close(a, gx, rtol=1e-12, atol=1e-12)
+            if need_b:
+                torch.testing.assert_close(b, gwi, rtol=1e-12, atol=1e-12)
+        # q is only read for the w_out gradient: pass None otherwise
+        a, b = _tp_gemm.from_spectral_backward(gout, q if need_b else None, w_out, lmax, mmax, hidden, need_a, need_b)
+        assert (a is None) != need_a and (b is None) != need_b
+        if need_a:
+            torch.testing.assert_close(a, gq, rtol=1e-12, atol=1e-12)
+        if need_b:
+            torch.testing.assert_close(b, gwo, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("case", GEMM_CASES, ids=_ids)
+def test_backward_op_every_need_combination(backend, case):
+    """``so2_tensor_product_backward`` for each subset of gradients equals autograd through
+    ``so2ops.reference.so2_tensor_product`` (float64); gradients not asked for are ``[0]`` placeholders."""
+    _require(backend, "cpu")
+    lmax, mmax, cin, hidden, cout, nu, n = case
+    inputs = tp_inputs(n, lmax, mmax, cin, hidden, cout, nu, F64, "cpu", seed=8)
+    grid = tp_grid_size(mmax, nu)
+    leaves = [t.clone().requires_grad_(True) for t in inputs]
+    out = so2ops.reference.so2_tensor_product(*leaves, lmax, mmax, cout, grid)
+    grad = torch.randn(out.shape, dtype=F64, generator=torch.Generator().manual_seed(9))
+    expected = torch.autograd.grad(out, leaves, grad)
+    with so2ops.use_backend(backend):
+        for needs in NEEDS:
+            got = torch.ops.so2ops.so2_tensor_product_backward(grad, *inputs, lmax, mmax, cout, grid, *needs)
+            for name, need, a, b in zip(("x", "w_in", "coeffs", "w_out"), needs, got, expected):
+                if need:
+                    assert a.shape == b.shape, (needs, name)
+                    torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11, msg=lambda m: f"{needs} {name}: {m}")
+                else:
+                    assert a.shape == (0,), (needs, name)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_backend_gradcheck_all_orders(backend, device):
+    """gradcheck where every order is kept (mmax = lmax), hidden != C and C_out != C."""
+    _require(backend, device)
+    x, w_in, coeffs, w_out = tp_inputs(2, 2, 2, 2, 3, 1, 2, F64, device, seed=11)
+    args = [t.requires_grad_(True) for t in (x, w_in, coeffs, w_out)]
+    with so2ops.use_backend(backend):
+        f = lambda a, b, c, d: so2ops.so2_tensor_product(a, b, c, d, 2, 2, 1)  # noqa: E731
+        assert torch.autograd.gradcheck(f, args, fast_mode=FAST[backend])
+
+
+@pytest.mark.parametrize("needs", [(True, True, True, True), (True, False, False, True), (False, True, True, False)],
+                         ids=["all", "x_wout", "win_coeffs"])
+def test_opcheck_backward_op(needs):
+    """The backward op's schema, fake kernel and (double-backward) autograd registration."""
+    x, w_in, coeffs, w_out = tp_inputs(3, 2, 1, 3, 2, 2, 2, F64, "cpu", seed=12)
+    grad = torch.randn(3, 9, 2, dtype=F64, generator=torch.Generator().manual_seed(13))
+    args = (grad, x, w_in, coeffs, w_out, 2, 1, 2, tp_grid_size(1, 2), *needs)
+    with so2ops.use_backend("reference"):
+        torch.library.opcheck(torch.ops.so2ops.so2_tensor_product_backward.default, args,
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("mmax", [2, 4])
+def test_forward_backward_fill_nothing(mmax):
+    """No zero-filled full-size buffer (``fill_`` / ``zero_`` / ``zeros_like``) in a forward+backward with
+    the C++ grid kernel: only the rows ``|m| > mmax`` are zeroed (``index_fill_``), and none when mmax = lmax."""
+    _require("cpu", "cpu")
+    from torch.profiler import ProfilerActivity, profile
+
+    lmax = 4
+    leaves = [t.requires_grad_(True) for t in tp_inputs(3, lmax, mmax, 4, 5, 3, 3, F32, "cpu", seed=14)]
+    grad = torch.randn(3, (lmax + 1) ** 2, 3, generator=torch.Generator().manual_seed(15))
+    with so2ops.use_backend("cpu"), so2ops.value_checks(False):
+        torch.autograd.grad(so2ops.so2_tensor_product(*leaves, lmax, mmax, 3), leaves, grad)  # warm the index tables
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            grads = torch.autograd.grad(so2ops.so2_tensor_product(*leaves, lmax, mmax, 3), leaves, grad)
+    assert all(g.shape == t.shape for g, t in zip(grads, leaves))
+    counts = {e.key: e.count for e in prof.key_averages()}
+    for op in ("aten::fill_", "aten::zero_", "aten::zeros_like", "aten::index_put_"):
+        assert counts.get(op, 0) == 0, (op, counts.get(op))
+    # forward output and grad_x: one index_fill_ each, only for truncated rows
+    assert counts.get("aten::index_fill_", 0) == (2 if mmax < lmax else 0)

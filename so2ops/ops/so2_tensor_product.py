@@ -3,11 +3,14 @@
 The op is three stages (``so2ops.reference.so2_tensor_product``): an SO(2)
 mixing into hidden circle functions (GEMMs per order m), the fused grid product
 (to-grid, products up to body order nu, per-node combination, from-grid), and
-an SO(2) mixing back to degrees (GEMMs per order m).  The GEMMs are shared by
-every backend (torch matmul: MKL / cuBLAS); the backends differ in the fused
-grid kernel ``so2_grid_product``, which never materialises the ``[N, grid, H]``
-tensor, and whose backward recomputes it.  Nothing of grid size is saved for
-the backward: the op saves only its inputs.
+an SO(2) mixing back to degrees (GEMMs per order m).  The GEMMs, forward and
+hand-written backward (``_tp_gemm``: one GEMM per product and order, no autograd
+inside the backward), are shared by every backend (torch matmul: MKL / cuBLAS);
+the backends differ in the fused grid kernel ``so2_grid_product``, which never
+materialises the ``[N, grid, H]`` tensor, and whose backward recomputes it.
+Nothing of grid size is saved for the backward: the op saves only its inputs.
+The reference backend of the whole op is checked against
+``so2ops.reference.so2_tensor_product`` (the readable oracle) by the tests.
 """
 from __future__ import annotations
 
@@ -18,10 +21,10 @@ import torch
 from .. import reference
 from ..dispatch import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, num_coeffs, spectral_size, tp_grid_size, tp_in_size, tp_out_size
-from ..reference.so2_tensor_product import from_spectral, to_spectral
 from ..validation import check_float, check_finite_values, check_int, check_tensor
-from ._common import (autocast_inputs, autograd_backward, autograd_enabled, distinct_outputs, empty_or, extension_loaded,
-                      none_if_empty, register_fp32_autocast)
+from . import _tp_gemm
+from ._common import (autocast_inputs, autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty,
+                      register_fp32_autocast)
 
 MAX_BODY_ORDER = 8
 
@@ -37,8 +40,8 @@ def _so2_tensor_product(
 ) -> torch.Tensor:
     check_finite_values("x", x)
     hidden = coeffs.shape[2]
-    s = to_spectral(x, w_in, lmax, mmax, hidden)
-    return from_spectral(_grid(s, coeffs, mmax, grid), w_out, lmax, mmax, out_channels)
+    s = _tp_gemm.to_spectral(x, w_in.contiguous(), lmax, mmax, hidden)
+    return _tp_gemm.from_spectral(_grid(s, coeffs, mmax, grid), w_out.contiguous(), lmax, mmax, out_channels)
 
 
 @_so2_tensor_product.register_fake
@@ -52,41 +55,33 @@ def _so2_tensor_product_backward(
     lmax: int, mmax: int, out_channels: int, grid: int,
     need_x: bool, need_w_in: bool, need_coeffs: bool, need_w_out: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    impl = select("so2_grid_product", x.device)
+    """The gradients asked for by ``need_*``, a ``[0]`` placeholder for the others.
+
+    Chain: ``out = from_spectral(q, w_out)``, ``q = grid(s, coeffs)``, ``s = to_spectral(x, w_in)``.
+    The GEMM stages have hand-written backward formulas (``_tp_gemm``), the grid stage
+    the backend's fused backward; ``s`` (and ``q``, for the ``w_out`` gradient only:
+    ``from_spectral`` is linear in ``q``) are recomputed, since the op saves only its inputs.
+    A stage whose gradient no requested output depends on is not run.
+    """
     hidden = coeffs.shape[2]
-    needs = (need_x, need_w_in, need_coeffs, need_w_out)
-    zeros = [torch.zeros_like(t) for t in (x, w_in, coeffs, w_out)]
-    with autograd_enabled():
-        # the two GEMM stages by autograd; the grid stage by the backend's fused backward
-        xl = x.detach().requires_grad_(need_x)
-        wil = w_in.detach().requires_grad_(need_w_in)
-        s = to_spectral(xl, wil, lmax, mmax, hidden)
-        # from_spectral is linear in q: its value only matters for the w_out gradient
-        if need_w_out:
-            q = impl.forward(s.detach().contiguous(), coeffs.contiguous(), mmax, grid)
-        else:
-            q = s.new_zeros(s.shape[0], s.shape[2], hidden)
-        q.requires_grad_(True)
-        wol = w_out.detach().requires_grad_(need_w_out)
-        out = from_spectral(q, wol, lmax, mmax, out_channels)
-        wrt = [q] + ([wol] if need_w_out else [])
-        g = torch.autograd.grad(out, wrt, grad, allow_unused=True)
-        gq = g[0] if g[0] is not None else torch.zeros_like(q)
-        g_w_out = (g[1] if g[1] is not None else zeros[3]) if need_w_out else None
-        need_s = need_x or need_w_in
-        gs, gc = impl.backward(gq.contiguous(), s.detach().contiguous(), coeffs.contiguous(), mmax, grid, need_s, need_coeffs)
-        g_x = g_w_in = None
-        if need_s and s.requires_grad:
-            lin = [t for t, n in ((xl, need_x), (wil, need_w_in)) if n]
-            gl = list(torch.autograd.grad(s, lin, gs, allow_unused=True))
-            if need_x:
-                g_x = gl.pop(0)
-            if need_w_in:
-                g_w_in = gl.pop(0)
-    outs = []
-    for t, n, z in zip((g_x, g_w_in, gc if need_coeffs else None, g_w_out), needs, zeros):
-        outs.append((z if t is None else t.contiguous()) if n else grad.new_empty(0))
-    return distinct_outputs(outs, needs, grad)
+    w_in, w_out = w_in.contiguous(), w_out.contiguous()
+    need_s = need_x or need_w_in  # the gradient of the circle functions s
+    need_q = need_s or need_coeffs  # the gradient of the grid stage's output q
+    g_x = g_w_in = g_c = g_w_out = None
+    if need_q or need_w_out:
+        impl = select("so2_grid_product", x.device)
+        s, gathered = _tp_gemm.to_spectral_gathered(x, w_in, lmax, mmax, hidden)
+        q = impl.forward(s, coeffs.contiguous(), mmax, grid) if need_w_out else None
+        gq, g_w_out = _tp_gemm.from_spectral_backward(grad, q, w_out, lmax, mmax, hidden, need_q, need_w_out)
+        if need_q:
+            gs, gc = impl.backward(gq, s, coeffs.contiguous(), mmax, grid, need_s, need_coeffs)
+            g_c = gc if need_coeffs else None
+            if need_s:
+                g_x, g_w_in = _tp_gemm.to_spectral_backward(gs, x, w_in, lmax, mmax, need_x, need_w_in,
+                                                               gathered)
+    outs = [t.contiguous() if n else grad.new_empty(0)
+            for t, n in zip((g_x, g_w_in, g_c, g_w_out), (need_x, need_w_in, need_coeffs, need_w_out))]
+    return distinct_outputs(outs, (need_x, need_w_in, need_coeffs, need_w_out), grad)
 
 
 @_so2_tensor_product_backward.register_fake
