@@ -4,6 +4,7 @@
                              [--molecules water=300,ethanol=300,malondialdehyde=200,uracil=150]
                              [--xc b3lyp] [--basis def2-svp] [--cache DIR] [--jobs 2] [--scf 5]
                              [--speed-molecule uracil] [--speed-threads 2] [--out DIR] [--name NAME]
+                             [--qhnet-src PATH/TO/AIRS [--qhnet-model JSON]]
 
 1. **Data** (built once, cached in ``--cache``, default ``$XDG_CACHE_HOME/qhnetv2/yardstick``):
    MD17-like trajectories of each molecule (``qhnetv2.data.recipe``: MMFF Langevin MD
@@ -28,6 +29,13 @@ A variant is ``NAME`` (the preset unchanged, e.g. ``main``) or ``NAME={"model": 
 "lr": ...}``: overrides of the training config (``qhnetv2/training/config.py``), the
 ``model`` key merged into the preset's model section.  Results:
 ``OUT/<device>/accuracy/<name>.{json,md}`` with the command line.
+
+``--qhnet-src PATH`` (an AIRS checkout, its ``OpenDFT/QHBench`` or its ``QH9`` folder) adds
+the row ``qhnet``: AIRS QHNet trained with its own QH9 recipe (``bench/qhnet_baseline.py``;
+QHNet's code is imported from the checkout, never shipped here) in the same pool, for the
+same budget, with the preset's batch size, and scored by the same metric code on
+PySCF-order predictions.  When the path is missing, QHNet does not import, or the data are
+not in QHNet's def2-SVP layout, one line says so and the row is left out.
 """
 from __future__ import annotations
 
@@ -137,6 +145,10 @@ def _train_worker(args: Dict[str, Any]) -> Dict[str, Any]:
     """One training run in its own process (own thread count)."""
     import torch
 
+    if args.get("kind") == "qhnet":  # the AIRS QHNet baseline row (bench/qhnet_baseline.py)
+        from bench.qhnet_baseline import train_worker
+
+        return train_worker(args)
     from qhnetv2.training import train
 
     torch.set_num_threads(int(args["threads"]))
@@ -296,6 +308,104 @@ def evaluate_variant(checkpoint: str, data: str, test_ids: Sequence[str], scf: i
     return result
 
 
+def evaluate_predictions(predict, data: str, test_ids: Sequence[str], scf: int) -> Dict[str, Any]:
+    """Test metrics of any predictor, per molecule and over all, as :func:`evaluate_variant` gives them.
+
+    ``predict(records) -> [H_pred]``: PySCF-order float64 [n_ao, n_ao] per record (Hartree).
+    The same metric code as our variants (``qhnetv2.evaluate.evaluate`` with ``density=0``):
+    :func:`qhnetv2.metrics.hamiltonian_metrics` per molecule, averaged
+    (:func:`qhnetv2.metrics.summarize`, :func:`qhnetv2.metrics.to_micro_hartree`), the QH9
+    SCF-acceleration protocol on the first ``scf`` test geometries of each molecule with the
+    dataset's SCF settings, and :func:`offdiagonal_by_distance`; atom blocks from the basis.
+    """
+    from qhnetv2.data.basis import ao_slices
+    from qhnetv2.data.store import HamiltonianReader
+    from qhnetv2.evaluate import _scf_settings, scf_acceleration
+    from qhnetv2.metrics import METRIC_KEYS, hamiltonian_metrics, summarize, to_micro_hartree
+
+    by_mol: Dict[str, List[str]] = {}
+    for i in test_ids:
+        by_mol.setdefault(i.split(":")[0], []).append(i)
+    reader = HamiltonianReader(data, ids=list(test_ids))
+    basis = reader.basis
+    recs = {r["id"]: r for r in (reader[i] for i in range(len(reader)))}
+    preds = dict(zip(recs, predict(list(recs.values()))))
+    result: Dict[str, Any] = {"molecules": {}}
+    for name, ids in dict(by_mol, all=list(test_ids)).items():
+        rs = [recs[i] for i in ids]
+        hp = [np.asarray(preds[i], dtype=np.float64) for i in ids]
+        for r, h in zip(rs, hp):
+            if h.shape != r["hamiltonian"].shape:
+                raise ValueError(f"molecule {r['id']!r}: predicted {h.shape}, label {r['hamiltonian'].shape}")
+        charges = [int((r.get("settings") or {}).get("charge", 0)) for r in rs]
+        n_occ = [(int(np.sum(r["atomic_numbers"])) - q) // 2 for r, q in zip(rs, charges)]
+        slices = [ao_slices(basis, r["atomic_numbers"]) for r in rs]
+        m = hamiltonian_metrics(hp, [r["hamiltonian"] for r in rs], [r["overlap"] for r in rs], n_occ,
+                                ao_slices=slices)
+        row = dict(to_micro_hartree(summarize({k: m["per_molecule"][k] for k in METRIC_KEYS})))
+        n_scf = scf if name != "all" else 0
+        if n_scf:
+            items = [{"id": r["id"], "atomic_numbers": r["atomic_numbers"], "positions": r["positions"],
+                      "hamiltonian": h, "charge": q} for r, h, q in list(zip(rs, hp, charges))[:n_scf]]
+            res = scf_acceleration(items, _scf_settings(reader))
+            if "mean_cycles_pred" in res:
+                row["scf_cycles_model"] = res["mean_cycles_pred"]
+                row["scf_cycles_minao"] = res["mean_cycles_minao"]
+                row["scf_ratio"] = res["ratio_pred_over_minao"]
+        bins = offdiagonal_by_distance(hp, [r["hamiltonian"] for r in rs], [r["positions"] for r in rs], slices)
+        row["offdiag_by_distance_uEh"] = {k: v[0] * 1e6 for k, v in bins.items()}
+        result["molecules"][name] = row
+    if scf:
+        pooled = [r for n, r in result["molecules"].items() if n != "all" and "scf_ratio" in r]
+        if pooled:
+            result["molecules"]["all"]["scf_ratio"] = float(np.mean([r["scf_ratio"] for r in pooled]))
+    return result
+
+
+def qhnet_row_job(src: Optional[str], model_json: Optional[str], data: str, preset: str
+                  ) -> Tuple[Optional[Dict[str, Any]], str]:
+    """``(job fields, message)`` of the ``qhnet`` row, or ``(None, why it is skipped)``; never raises."""
+    try:
+        from bench import qhnet_baseline
+        from qhnetv2.data.store import HamiltonianReader
+        from qhnetv2.training import load_config
+
+        ok, why = qhnet_baseline.available(src)
+        if not ok:
+            return None, f"qhnet row skipped: QHNet is not usable from --qhnet-src {src!r}: {why}"
+        reader = HamiltonianReader(data)
+        zs = sorted({int(z) for s in reader.summaries() for z in np.asarray(s[0]).reshape(-1)})
+        bad = qhnet_baseline.check_data(reader.basis, zs)
+        if bad:
+            return None, f"qhnet row skipped: {bad}"
+        over = json.loads(model_json) if model_json else {}
+        if not isinstance(over, dict):
+            return None, f"qhnet row skipped: --qhnet-model must be a JSON object, got {model_json!r}"
+        unknown = set(over) - set(qhnet_baseline.QH9_MODEL)
+        if unknown:
+            return None, f"qhnet row skipped: --qhnet-model: unknown QHNet arguments {sorted(unknown)}"
+        job = {"kind": "qhnet", "qhnet_src": os.path.abspath(src), "qhnet_model": over,
+               "batch_size": int(load_config(preset).batch_size)}
+        return job, why
+    except Exception as exc:  # whatever goes wrong, the yardstick's own rows still run
+        return None, f"qhnet row skipped: {type(exc).__name__}: {exc}"
+
+
+def _run_jobs(pool, fn, jobs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """``{name: fn(job)}`` in the pool; a failing ``qhnet`` job gives its exception (its row is
+    dropped), any other failure is raised."""
+    futures = {n: pool.submit(fn, j) for n, j in jobs.items()}
+    out: Dict[str, Any] = {}
+    for n, fut in futures.items():
+        try:
+            out[n] = fut.result()
+        except Exception as exc:
+            if jobs[n].get("kind") != "qhnet":
+                raise
+            out[n] = exc
+    return out
+
+
 ROWS = [("hamiltonian_mae_uEh", "H MAE (uEh)", "{:.1f}"),
         ("hamiltonian_diagonal_mae_uEh", "diagonal (uEh)", "{:.1f}"),
         ("hamiltonian_off_diagonal_mae_uEh", "off-diagonal (uEh)", "{:.1f}"),
@@ -349,6 +459,27 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _qhnet_row(job: Dict[str, Any], tr: Dict[str, Any], s_per_step: float, data: str,
+               test_ids: Sequence[str], scf: int) -> Dict[str, Any]:
+    """The report row of the trained QHNet baseline (scored by :func:`evaluate_predictions`)."""
+    from bench.qhnet_baseline import load_checkpoint, predict_qhnet
+    from qhnetv2.data.store import HamiltonianReader
+
+    model, _ = load_checkpoint(job["qhnet_src"], tr["best_checkpoint"])
+    basis = HamiltonianReader(data).basis
+
+    def predict(recs):
+        return predict_qhnet(job["qhnet_src"], None, [r["atomic_numbers"] for r in recs],
+                             [r["positions"] for r in recs], basis=basis, model=model)
+
+    return {"overrides": {"qhnet_src": job["qhnet_src"], "model": tr["model_kwargs"],
+                          "batch_size": job["batch_size"]},
+            "steps": tr["steps"], "s_per_step": s_per_step, "wall_s": tr["wall_s"],
+            "best_val_mae_uEh": tr["best_val_mae_uEh"],
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "test": evaluate_predictions(predict, data, test_ids, scf)}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench accuracy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", action="append", default=None,
@@ -374,6 +505,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--runs", default=None, help="folder of the training runs (default: CACHE/runs/NAME)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--name", default="yardstick", help="result file stem")
+    ap.add_argument("--qhnet-src", default=None,
+                    help="AIRS checkout (root, OpenDFT/QHBench or its QH9 folder): add the AIRS QHNet row 'qhnet'")
+    ap.add_argument("--qhnet-model", default=None,
+                    help="JSON overrides of QHNet's QH9 model arguments (default: QH9's sizes)")
     args = ap.parse_args(list(argv) if argv is not None else None)
 
     from qhnetv2.data.recipe import parse_counts
@@ -401,15 +536,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     base = {"preset": args.preset, "data": data, "split": split_path, "threads": args.threads,
             "cal_steps": args.calibration_steps}
     jobs = {n: dict(base, overrides=o, run_dir=os.path.join(runs, n)) for n, o in variants.items()}
+    if args.qhnet_src is not None:
+        if "qhnet" in jobs:
+            raise ValueError("--qhnet-src adds the row 'qhnet': no --variant may have that name")
+        qjob, msg = qhnet_row_job(args.qhnet_src, args.qhnet_model, data, args.preset)
+        print(f"yardstick: {msg}", flush=True)
+        if qjob is not None:
+            jobs["qhnet"] = dict(base, overrides={}, run_dir=os.path.join(runs, "qhnet"), **qjob)
     # 1. steps per second of each variant, measured side by side like the real runs
     with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=_spawn()) as pool:
-        s_per_step = dict(zip(jobs, pool.map(_calibrate_worker, jobs.values())))
+        s_per_step = _run_jobs(pool, _calibrate_worker, jobs)
+    for n in [n for n, v in s_per_step.items() if isinstance(v, Exception)]:
+        print(f"yardstick: qhnet row skipped: its calibration run failed: {type(s_per_step[n]).__name__}: "
+              f"{s_per_step[n]}", flush=True)
+        del jobs[n], s_per_step[n]
     for n, job in jobs.items():
         job["steps"] = max(args.calibration_steps, int(args.budget_s / s_per_step[n]))
         print(f"yardstick: {n}: {s_per_step[n]:.3f} s/step -> {job['steps']} steps in {args.budget_s:.0f} s", flush=True)
     # 2. the real runs (resumable: a rerun continues each from its last checkpoint)
     with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=_spawn()) as pool:
-        trained = dict(zip(jobs, pool.map(_train_worker, jobs.values())))
+        trained = _run_jobs(pool, _train_worker, jobs)
+    for n in [n for n, v in trained.items() if isinstance(v, Exception)]:
+        print(f"yardstick: qhnet row skipped: its training run failed: {type(trained[n]).__name__}: {trained[n]}",
+              flush=True)
+        del jobs[n], trained[n]
     # 3. evaluation
     import torch
 
@@ -426,6 +576,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     doc["commit"] = _git_commit()
     doc["device"] = device_name(torch.device("cpu"))
     for n, tr in trained.items():
+        if jobs[n].get("kind") == "qhnet":
+            try:
+                doc["variants"][n] = _qhnet_row(jobs[n], tr, s_per_step[n], data, split["test"], args.scf)
+            except Exception as exc:
+                print(f"yardstick: qhnet row skipped: its evaluation failed: {type(exc).__name__}: {exc}", flush=True)
+            continue
         model, _ = load_model(tr["best_checkpoint"], "cpu")
         doc["variants"][n] = {"overrides": variants[n], "steps": tr["steps"], "s_per_step": s_per_step[n],
                               "wall_s": tr["wall_s"], "best_val_mae_uEh": tr["best_val_mae_uEh"],
