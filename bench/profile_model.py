@@ -117,28 +117,27 @@ def label_model(model) -> _Labeler:
 
 @contextlib.contextmanager
 def labelled_functions(model):
-    """``record_function`` around ``build_graph`` and the input checks (patched for the duration only)."""
+    """``record_function`` around graph building (``build_topology``, the host part, and
+    ``graph_vectors``) and the input checks (patched for the duration only)."""
     import qhnetv2.model.qhnetv2 as qm
 
-    orig_graph = qm.build_graph
+    originals = {name: getattr(qm, name) for name in ("build_topology", "graph_vectors")}
 
-    def build_graph(*a, **k):
-        with torch.autograd.profiler.record_function("graph building"):
-            return orig_graph(*a, **k)
-
-    def wrap(fn):
+    def labelled(fn, label):
         def inner(*a, **k):
-            with torch.autograd.profiler.record_function("input checks"):
+            with torch.autograd.profiler.record_function(label):
                 return fn(*a, **k)
         return inner
 
-    qm.build_graph = build_graph
-    model.check_geometry = wrap(model.check_geometry)
-    model.element_index = wrap(model.element_index)
+    for name, fn in originals.items():
+        setattr(qm, name, labelled(fn, "graph building"))
+    model.check_geometry = labelled(model.check_geometry, "input checks")
+    model.element_index = labelled(model.element_index, "input checks")
     try:
         yield
     finally:
-        qm.build_graph = orig_graph
+        for name, fn in originals.items():
+            setattr(qm, name, fn)
         del model.check_geometry
         del model.element_index
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -53,6 +53,12 @@ class MoleculeGraph:
         return self.frame_atom.shape[0] == self.has_frame.shape[0]
 
 
+def _polar_axis(pos: torch.Tensor) -> torch.Tensor:
+    """``_POLAR`` as a ``[3]`` tensor made on ``pos``'s device (no host-to-device copy, which a
+    CUDA graph cannot capture)."""
+    return torch.eye(3, dtype=pos.dtype, device=pos.device)[1]
+
+
 def _same_molecule_distances(pos: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """``[N, N]`` distances, +inf across molecules and on the diagonal (no gradient)."""
     with torch.no_grad():
@@ -74,19 +80,30 @@ def frame_weight_profile(delta: torch.Tensor, window: float) -> torch.Tensor:
     return torch.where(inside, torch.cos(t).pow(2), torch.zeros_like(delta))
 
 
-def _averaged_frames(pos: torch.Tensor, d: torch.Tensor, has_frame: torch.Tensor, window: float):
-    """Candidate frames of ``node_frame="average"``: every neighbour within ``window`` of
-    the nearest distance, weighted by ``frame_weight_profile(r_ij - r_min(i))``.
-
-    Returns ``(atom[F], vec[F, 3], weight[F])``; frameless atoms get one +y candidate.
-    """
-    n = pos.shape[0]
+def _averaged_candidates(d: torch.Tensor, has_frame: torch.Tensor, window: float):
+    """Candidate frames of ``node_frame="average"`` (indices only): every neighbour within
+    ``window`` of the nearest distance (a generous preselection, weighted exactly by
+    :func:`_averaged_weights`).  Returns ``(atom[F], nbr[F])`` sorted by atom; a frameless
+    atom gets one candidate, itself (its axis becomes the polar axis)."""
+    n = d.shape[0]
     with torch.no_grad():
         dmin = d.min(dim=1).values if n else d.new_zeros(0)
         cand = (d <= (dmin + window + _SELECT_SLACK)[:, None]) & torch.isfinite(d)
         # frameless atoms: a single candidate (themselves, replaced by the polar axis below)
         cand |= torch.diag_embed(~has_frame)
     atom, nbr = torch.nonzero(cand, as_tuple=True)  # row-major: sorted by atom
+    return atom, nbr
+
+
+def _averaged_frames(pos: torch.Tensor, atom: torch.Tensor, nbr: torch.Tensor, has_frame: torch.Tensor,
+                     window: float):
+    """Axes and weights of the candidate frames ``(atom, nbr)``: weight
+    ``frame_weight_profile(r_ij - r_min(i))`` normalised per atom.  Tensor work only
+    (no host read): differentiable in ``pos``.
+
+    Returns ``(vec[F, 3], weight[F])``; frameless atoms get the +y axis, weight 1.
+    """
+    n = pos.shape[0]
     vec = pos[nbr] - pos[atom]
     r = vec.pow(2).sum(-1).clamp_min(1e-24).sqrt()  # clamped: no NaN gradient for frameless self-pairs
     # the nearest distance from the exact norms of the candidates (order-free, differentiable)
@@ -96,9 +113,118 @@ def _averaged_frames(pos: torch.Tensor, d: torch.Tensor, has_frame: torch.Tensor
     total = torch.zeros(n, dtype=w.dtype, device=w.device).index_add(0, atom, w)
     w = w / total[atom]  # >= 1 term of weight 1 per atom: never a division by 0
     frameless = ~has_frame[atom]
-    vec = torch.where(frameless[:, None], pos.new_tensor(_POLAR).expand_as(vec), vec)
+    vec = torch.where(frameless[:, None], _polar_axis(pos).expand_as(vec), vec)
     w = torch.where(frameless, torch.ones_like(w), w)
-    return atom, vec, w
+    return vec, w
+
+
+@dataclass
+class GraphTopology:
+    """The index part of a :class:`MoleculeGraph`: which edges, pairs and candidate frames
+    exist.  Building it reads data on the host (``nonzero``, the candidate counts), so it
+    is built once per batch (:func:`build_topology`); :func:`graph_vectors` then turns it
+    and the positions into the differentiable vectors and weights without any host read.
+
+    Shapes: ``edge_index[2, E]``, ``pairs[P, 2]`` (i < j), ``has_frame[N]`` bool,
+    ``frame_atom[F]`` / ``frame_nbr[F]`` (atom and neighbour of each candidate frame;
+    ``frame_nbr`` only for ``"average"``), ``frame_rank[F]``, ``round_index``: one ``[F_k]``
+    tensor per round ``k < frame_rounds``, the candidates of rank ``k`` (ascending);
+    ``nearest[N]`` (``"nearest"`` / ``"soft"``), ``same_molecule[N, N]`` (``"soft"``).
+    The candidate *set* was chosen from the positions given to ``build_topology``; the
+    weights are recomputed from the positions given to ``graph_vectors``.
+    """
+
+    node_frame: str
+    frame_temperature: float
+    frame_window: float
+    edge_index: torch.Tensor
+    pairs: torch.Tensor
+    has_frame: torch.Tensor
+    frame_atom: torch.Tensor
+    frame_rank: torch.Tensor
+    frame_rounds: int
+    round_index: Tuple[torch.Tensor, ...]
+    frame_nbr: Optional[torch.Tensor] = None
+    nearest: Optional[torch.Tensor] = None
+    same_molecule: Optional[torch.Tensor] = None
+
+    @property
+    def num_atoms(self) -> int:
+        return self.has_frame.shape[0]
+
+    @property
+    def one_frame_per_atom(self) -> bool:
+        return self.frame_atom.shape[0] == self.has_frame.shape[0]
+
+
+def build_topology(pos: torch.Tensor, batch: torch.Tensor, cutoff: float, pair_cutoff: Optional[float] = None,
+                   node_frame: str = "average", frame_temperature: float = 0.1,
+                   frame_window: float = 0.1) -> GraphTopology:
+    """The edges, pairs and candidate frames of a batch (the host-reading half of
+    :func:`build_graph`; same arguments).  ``pos`` is read without gradient."""
+    if node_frame not in NODE_FRAMES:
+        raise ValueError(f"node_frame must be one of {NODE_FRAMES}, got {node_frame!r}")
+    if node_frame == "average" and not frame_window > 0:
+        raise ValueError(f"frame_window must be > 0 Angstrom, got {frame_window!r}")
+    pos = pos.detach()
+    n = pos.shape[0]
+    dev = pos.device
+    d = _same_molecule_distances(pos, batch)
+    src, tgt = torch.nonzero(d <= cutoff, as_tuple=True)
+    edge_index = torch.stack([src, tgt])
+    upper = torch.triu(torch.isfinite(d) if pair_cutoff is None else d <= pair_cutoff, diagonal=1)
+    pi, pj = torch.nonzero(upper, as_tuple=True)
+    pairs = torch.stack([pi, pj], dim=1)
+    has_frame = torch.isfinite(d).any(dim=1) if n else torch.zeros(0, dtype=torch.bool, device=dev)
+    common = dict(node_frame=node_frame, frame_temperature=frame_temperature, frame_window=frame_window,
+                  edge_index=edge_index, pairs=pairs, has_frame=has_frame)
+    if node_frame == "average":
+        frame_atom, frame_nbr = _averaged_candidates(d, has_frame, frame_window)
+        counts = torch.bincount(frame_atom, minlength=n)
+        starts = torch.cumsum(counts, 0) - counts
+        frame_rank = torch.arange(frame_atom.shape[0], device=dev) - starts[frame_atom]
+        rounds = int(counts.max()) if n else 0
+        round_index = tuple(torch.nonzero(frame_rank == k).squeeze(1) for k in range(rounds))
+        return GraphTopology(frame_atom=frame_atom, frame_rank=frame_rank, frame_rounds=rounds,
+                             round_index=round_index, frame_nbr=frame_nbr, **common)
+    atoms = torch.arange(n, device=dev)
+    nearest = d.argmin(dim=1) if n else torch.zeros(0, dtype=torch.long, device=dev)
+    same = torch.isfinite(d) if node_frame == "soft" else None
+    return GraphTopology(frame_atom=atoms, frame_rank=torch.zeros_like(atoms), frame_rounds=1 if n else 0,
+                         round_index=(atoms,) if n else (), nearest=nearest, same_molecule=same, **common)
+
+
+def graph_vectors(pos: torch.Tensor, topo: GraphTopology) -> MoleculeGraph:
+    """The :class:`MoleculeGraph` of ``topo`` at positions ``pos[N, 3]``: edge, pair and
+    frame vectors and the frame weights, differentiable in ``pos``.
+
+    Tensor work only: no host read, no data-dependent shape (CUDA-graph capturable,
+    ``torch.compile(fullgraph=True)`` traceable).
+    """
+    src, tgt = topo.edge_index[0], topo.edge_index[1]
+    edge_vec = pos[tgt] - pos[src]
+    pair_vec = pos[topo.pairs[:, 1]] - pos[topo.pairs[:, 0]]
+    n = pos.shape[0]
+    has_frame = topo.has_frame
+    if topo.node_frame == "average":
+        frame_vec, frame_weight = _averaged_frames(pos, topo.frame_atom, topo.frame_nbr, has_frame, topo.frame_window)
+        return MoleculeGraph(topo.edge_index, edge_vec, topo.pairs, pair_vec, frame_vec, has_frame,
+                             topo.frame_atom, frame_weight, topo.frame_rank, topo.frame_rounds)
+    polar = _polar_axis(pos).expand(n, 3)
+    nn_vec = pos[topo.nearest] - pos
+    if topo.node_frame == "nearest":
+        frame_vec = nn_vec
+    else:  # soft
+        valid = topo.same_molecule
+        diff = pos[None, :, :] - pos[:, None, :]  # [N, N, 3]: r_j - r_i
+        r = diff.pow(2).sum(-1).clamp_min(1e-12).sqrt()  # clamped: no NaN gradient on the diagonal
+        w = torch.softmax((-r / topo.frame_temperature).masked_fill(~valid, float("-inf")), dim=1).nan_to_num(0.0)
+        soft = (w.unsqueeze(-1) * diff / r.unsqueeze(-1)).sum(1)
+        ok = soft.norm(dim=1, keepdim=True) > 0.05
+        frame_vec = torch.where(ok, soft, nn_vec)
+    frame_vec = torch.where(has_frame[:, None], frame_vec, polar)
+    return MoleculeGraph(topo.edge_index, edge_vec, topo.pairs, pair_vec, frame_vec, has_frame,
+                         topo.frame_atom, pos.new_ones(n), topo.frame_rank, topo.frame_rounds)
 
 
 def build_graph(pos: torch.Tensor, batch: torch.Tensor, cutoff: float, pair_cutoff: Optional[float] = None,
@@ -118,44 +244,9 @@ def build_graph(pos: torch.Tensor, batch: torch.Tensor, cutoff: float, pair_cuto
     * ``"soft"``: ``sum_j softmax_j(-r_ij / T) u_ij``, a smooth reference vector that tends to
       the nearest-neighbour axis as ``T -> 0``; where it nearly cancels (symmetric
       environments) the nearest-neighbour axis is used (ties broken by atom index).
+    Built as :func:`build_topology` (indices, reads the host) then :func:`graph_vectors`
+    (vectors and weights, tensor work only).
     Single-atom molecules have no frame (``has_frame`` False; the model uses invariants only).
     """
-    if node_frame not in NODE_FRAMES:
-        raise ValueError(f"node_frame must be one of {NODE_FRAMES}, got {node_frame!r}")
-    if node_frame == "average" and not frame_window > 0:
-        raise ValueError(f"frame_window must be > 0 Angstrom, got {frame_window!r}")
-    n = pos.shape[0]
-    d = _same_molecule_distances(pos, batch)
-    src, tgt = torch.nonzero(d <= cutoff, as_tuple=True)
-    edge_index = torch.stack([src, tgt])
-    edge_vec = pos[tgt] - pos[src]
-    upper = torch.triu(torch.isfinite(d) if pair_cutoff is None else d <= pair_cutoff, diagonal=1)
-    pi, pj = torch.nonzero(upper, as_tuple=True)
-    pairs = torch.stack([pi, pj], dim=1)
-    pair_vec = pos[pj] - pos[pi]
-    has_frame = torch.isfinite(d).any(dim=1) if n else torch.zeros(0, dtype=torch.bool, device=pos.device)
-    polar = pos.new_tensor(_POLAR).expand(n, 3)
-    atoms = torch.arange(n, device=pos.device)
-    if node_frame == "average":
-        frame_atom, frame_vec, frame_weight = _averaged_frames(pos, d, has_frame, frame_window)
-        counts = torch.bincount(frame_atom, minlength=n)
-        starts = torch.cumsum(counts, 0) - counts
-        frame_rank = torch.arange(frame_atom.shape[0], device=pos.device) - starts[frame_atom]
-        rounds = int(counts.max()) if n else 0
-        return MoleculeGraph(edge_index, edge_vec, pairs, pair_vec, frame_vec, has_frame,
-                             frame_atom, frame_weight, frame_rank, rounds)
-    nearest = d.argmin(dim=1) if n else torch.zeros(0, dtype=torch.long, device=pos.device)
-    nn_vec = pos[nearest] - pos
-    if node_frame == "nearest":
-        frame_vec = nn_vec
-    else:  # soft
-        valid = torch.isfinite(d)
-        diff = pos[None, :, :] - pos[:, None, :]  # [N, N, 3]: r_j - r_i
-        r = diff.pow(2).sum(-1).clamp_min(1e-12).sqrt()  # clamped: no NaN gradient on the diagonal
-        w = torch.softmax((-r / frame_temperature).masked_fill(~valid, float("-inf")), dim=1).nan_to_num(0.0)
-        soft = (w.unsqueeze(-1) * diff / r.unsqueeze(-1)).sum(1)
-        ok = soft.norm(dim=1, keepdim=True) > 0.05
-        frame_vec = torch.where(ok, soft, nn_vec)
-    frame_vec = torch.where(has_frame[:, None], frame_vec, polar)
-    return MoleculeGraph(edge_index, edge_vec, pairs, pair_vec, frame_vec, has_frame,
-                         atoms, pos.new_ones(n), torch.zeros_like(atoms), 1 if n else 0)
+    return graph_vectors(pos, build_topology(pos, batch, cutoff, pair_cutoff, node_frame, frame_temperature,
+                                             frame_window))

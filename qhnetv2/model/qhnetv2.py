@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -16,7 +17,7 @@ from so2ops.layout import num_coeffs, num_mod
 
 from ..atomic import atomic_file
 from .config import ModelConfig, preset
-from .graph import build_graph
+from .graph import GraphTopology, build_topology, graph_vectors
 from .layers import GatedReadout, MessageBlock, NodeBlock, PairBlock
 from .radial import RadialBasis
 
@@ -29,6 +30,37 @@ def layout_from_basis(basis: str, elements: Sequence[int]) -> BasisLayout:
     from qhnetv2.data.basis import element_shells
 
     return BasisLayout({int(z): [l for l, _ in element_shells(basis, int(z))] for z in elements}, name=basis)
+
+
+@dataclass
+class ModelInputs:
+    """A checked, indexed batch (:meth:`QHNetV2.prepare`) for :meth:`QHNetV2.forward_prepared`.
+
+    Everything a forward pass needs besides the positions, built on the host once per
+    batch; on the model's device.  Shapes: ``atomic_numbers``, ``batch``, ``elem`` (the
+    model's element indices) ``[N]``; ``pairs_both[2P, 2]`` (each pair in both orientations);
+    ``diag_items[N, 2]``, ``first_items[N + P, 2]`` / ``first_invariant[N + P]`` (the first
+    ``assemble_blocks`` call: round-0 diagonal blocks and the pairs), ``round_items[k]`` /
+    ``round_invariant[k]`` (frame rounds ``1 ..``), ``no_frame[P]``, ``all_invariant[N]``.
+    ``n_atoms``, ``n_pairs``, ``frame_rounds`` are Python ints (no host read later).
+    """
+
+    atomic_numbers: torch.Tensor
+    batch: torch.Tensor
+    elem: torch.Tensor
+    index: HamiltonianIndex
+    topology: GraphTopology
+    n_atoms: int
+    n_pairs: int
+    frame_rounds: int
+    pairs_both: torch.Tensor
+    diag_items: torch.Tensor
+    first_items: torch.Tensor
+    first_invariant: torch.Tensor
+    round_items: Tuple[torch.Tensor, ...]
+    round_invariant: Tuple[torch.Tensor, ...]
+    no_frame: torch.Tensor
+    all_invariant: torch.Tensor
 
 
 class QHNetV2(nn.Module):
@@ -160,29 +192,94 @@ class QHNetV2(nn.Module):
         Returns:
             ``(H_flat[index.total], index)``: every molecule's ``n_ao x n_ao`` matrix
             row-major in a flat buffer (``index.unpack(H_flat)`` for matrices).
+
+        The two halves, for CUDA graphs / ``torch.compile``: :meth:`prepare` (input checks,
+        graph and index, reads the host) then :meth:`forward_prepared` (tensor work only).
+        """
+        inputs = self.prepare(atomic_numbers, positions, batch, index=index)
+        return self.forward_prepared(positions, inputs), inputs.index
+
+    def prepare(self, atomic_numbers: torch.Tensor, positions: torch.Tensor,
+                batch: Optional[torch.Tensor] = None, index: Optional[HamiltonianIndex] = None) -> "ModelInputs":
+        """Everything of a forward pass that reads data on the host, once per batch.
+
+        Checks the input (:meth:`element_index`: known elements; :meth:`check_geometry`:
+        shape, finite, no atoms closer than ``MIN_DISTANCE``), builds the graph's indices
+        (message edges, pairs, candidate node frames: ``graph.build_topology``) and the
+        ``HamiltonianIndex`` (unless ``index`` is given), and the index tensors of the
+        assembly.  ``positions`` is only read (no gradient flows through this).
+
+        Args: as :meth:`forward_batch`.
+        Returns:
+            a :class:`ModelInputs` for :meth:`forward_prepared`, on the model's device.
         """
         cfg = self.config
         dev = self.embedding.weight.device
-        z = atomic_numbers.to(dev).long()
-        pos = positions.to(device=dev, dtype=self.embedding.weight.dtype)
+        z = torch.as_tensor(atomic_numbers).to(dev).long()
+        pos = torch.as_tensor(positions).detach().to(device=dev, dtype=self.embedding.weight.dtype)
         batch = torch.zeros_like(z) if batch is None else batch.to(dev).long()
+        if z.dim() != 1 or batch.shape != z.shape or (pos.dim() == 2 and pos.shape[0] != z.shape[0]):
+            raise ValueError(f"atomic_numbers ({list(z.shape)}), positions ({list(pos.shape)}) and batch "
+                             f"({list(batch.shape)}) must have the same number of atoms")
         elem = self.element_index(z)
         self.check_geometry(pos, batch)
         if index is None:
             index = HamiltonianIndex.build(self.layout, z, batch)
-        g = build_graph(pos, batch, cfg.cutoff, cfg.pair_cutoff, cfg.node_frame, cfg.frame_temperature,
-                        cfg.frame_window)
+        topo = build_topology(pos, batch, cfg.cutoff, cfg.pair_cutoff, cfg.node_frame, cfg.frame_temperature,
+                              cfg.frame_window)
+        n, n_pairs = z.shape[0], topo.pairs.shape[0]
+        atoms = torch.arange(n, device=dev)
+        diag_items = torch.stack([atoms, atoms], 1)
+        no_frame = torch.zeros(n_pairs, dtype=torch.bool, device=dev)
+        # rounds k >= 1 of the diagonal blocks (round 0 goes with the pairs' first orientation)
+        round_atoms = tuple(topo.frame_atom[sel] for sel in topo.round_index[1:])
+        return ModelInputs(
+            atomic_numbers=z, batch=batch, elem=elem, index=index, topology=topo, n_atoms=n, n_pairs=n_pairs,
+            frame_rounds=topo.frame_rounds,
+            pairs_both=torch.cat([topo.pairs, topo.pairs.flip(1)], 0),
+            diag_items=diag_items,
+            first_items=torch.cat([diag_items, topo.pairs], 0),
+            first_invariant=torch.cat([~topo.has_frame, no_frame]),
+            round_items=tuple(torch.stack([fa, fa], 1) for fa in round_atoms),
+            round_invariant=tuple(~topo.has_frame[fa] for fa in round_atoms),
+            no_frame=no_frame,
+            all_invariant=torch.ones(n, dtype=torch.bool, device=dev))
+
+    def forward_prepared(self, positions: torch.Tensor, inputs: "ModelInputs") -> torch.Tensor:
+        """The network on a prepared batch: ``H_flat[inputs.index.total]`` (as :meth:`forward_batch`).
+
+        Tensor work only: no host read of a tensor value (no ``.item()``, ``bool(t)``,
+        ``nonzero``, data-dependent shape), so it can be captured in a CUDA graph or
+        compiled with ``torch.compile(fullgraph=True)``; the so2ops value checks, which do
+        read the host, are on by default on CPU only and never run while compiling or
+        capturing (docs/conventions.md).  The inputs were checked by :meth:`prepare`;
+        nothing is checked here but shapes.
+
+        Args:
+            positions: ``[N, 3]`` Angstrom, differentiable: the edge, pair and frame vectors
+                and the frame weights are recomputed from them (forces, training).  The
+                graph (edges, pairs, candidate frames) is the one ``prepare`` chose; new
+                positions of the same molecules are only valid while those do not change.
+            inputs: from :meth:`prepare`.
+        """
+        cfg = self.config
+        dev = self.embedding.weight.device
+        pos = positions.to(device=dev, dtype=self.embedding.weight.dtype)
+        n, n_pairs = inputs.n_atoms, inputs.n_pairs
+        if pos.dim() != 2 or pos.shape[0] != n or pos.shape[1] != 3:
+            raise ValueError(f"positions must have shape [{n}, 3] (the prepared batch), got {list(pos.shape)}")
+        topo = inputs.topology
+        g = graph_vectors(pos, topo)
+        elem, z, batch, index = inputs.elem, inputs.atomic_numbers, inputs.batch, inputs.index
         # candidate node frames (docs/model.md "Node frames"); one per atom: no gather / sum
-        f_atom, f_weight = (None, None) if g.one_frame_per_atom else (g.frame_atom, g.frame_weight)
+        f_atom, f_weight = (None, None) if topo.one_frame_per_atom else (g.frame_atom, g.frame_weight)
         # Every pair in both orientations, the two blocks averaged at assembly: the pair path
         # (frame r_j - r_i, inputs [x_i, x_j]) is not symmetric in (i, j), and H must not
         # depend on the order of the atoms (permutation equivariance).
-        n_pairs = g.pairs.shape[0]
-        pairs = torch.cat([g.pairs, g.pairs.flip(1)], 0)
+        pairs = inputs.pairs_both
         pair_vec = torch.cat([g.pair_vec, -g.pair_vec], 0)
         L = cfg.lmax
         attrs = self.embedding(elem)  # [N, C]
-        n = z.shape[0]
         x = torch.cat([attrs[:, None, :], attrs.new_zeros(n, num_coeffs(L) - 1, attrs.shape[1])], dim=1)
         w_edge = so2ops.edge_wigner(g.edge_vec, L)
         w_node = so2ops.edge_wigner(g.frame_vec, L)
@@ -206,7 +303,7 @@ class QHNetV2(nn.Module):
         diag = self.diag_readout(so2ops.rotate(xn, w_node, L, index=f_atom), diag_mod)
         if f_weight is not None:
             diag = diag * f_weight[:, None, None].to(diag.dtype)
-        if n_pairs:
+        if n_pairs:  # a Python int of the prepared batch, not a host read
             xi = so2ops.rotate(xn, w_pair, L, index=pairs[:, 0])
             xj = so2ops.rotate(xn, w_pair, L, index=pairs[:, 1])
             pair_mod = None
@@ -215,29 +312,29 @@ class QHNetV2(nn.Module):
             off = 0.5 * self.pair_readout(torch.cat([self.pair_norm(pair_feat), xi, xj], dim=2), pair_mod)
         else:
             off = diag.new_zeros(0, diag.shape[1], diag.shape[2])
-        atoms = torch.arange(n, device=dev)
-        no_frame = torch.zeros(n_pairs, dtype=torch.bool, device=dev)
         # diagonal blocks: round k holds every atom's k-th candidate frame (assemble_blocks takes
-        # each block at most once per call; the weighted blocks of the rounds add up)
-        diag0, w0 = (diag, w_node) if g.one_frame_per_atom else (diag[g.frame_rank == 0], w_node[g.frame_rank == 0])
-        h = so2ops.assemble_blocks(torch.cat([diag0, off[:n_pairs]], 0),
-                                   torch.cat([w0, w_pair[:n_pairs]], 0), self.layout, z,
-                                   torch.cat([torch.stack([atoms, atoms], 1), pairs[:n_pairs]], 0), batch,
-                                   invariant=torch.cat([~g.has_frame, no_frame]), index=index)
-        for k in range(1, g.frame_rounds):
-            sel = g.frame_rank == k
-            fa = g.frame_atom[sel]
-            h = h + so2ops.assemble_blocks(diag[sel], w_node[sel], self.layout, z, torch.stack([fa, fa], 1), batch,
-                                           invariant=~g.has_frame[fa], index=index)
+        # each block at most once per call; the weighted blocks of the rounds add up); the
+        # rounds' rows are prebuilt index tensors (a boolean mask would be a data-dependent shape)
+        if topo.one_frame_per_atom:
+            diag0, w0 = diag, w_node
+        else:
+            sel0 = topo.round_index[0]
+            diag0, w0 = diag[sel0], w_node[sel0]
+        h = so2ops.assemble_blocks(torch.cat([diag0, off[:n_pairs]], 0), torch.cat([w0, w_pair[:n_pairs]], 0),
+                                   self.layout, z, inputs.first_items, batch, invariant=inputs.first_invariant,
+                                   index=index)
+        for sel, items, inv in zip(topo.round_index[1:], inputs.round_items, inputs.round_invariant):
+            h = h + so2ops.assemble_blocks(diag[sel], w_node[sel], self.layout, z, items, batch, invariant=inv,
+                                           index=index)
         if n_pairs:  # the reversed orientations: block (j, i), i.e. the transpose of an (i, j) estimate
             h = h + so2ops.assemble_blocks(off[n_pairs:], w_pair[n_pairs:], self.layout, z, pairs[n_pairs:], batch,
-                                           invariant=no_frame, index=index)
+                                           invariant=inputs.no_frame, index=index)
         # + the atomic reference (invariant diagonal blocks per element)
         ref = torch.cat([self.atom_reference[elem][:, None, :],
                          x.new_zeros(n, num_coeffs(L) - 1, self.block_channels)], dim=1)
-        h = h + so2ops.assemble_blocks(ref, w_node.new_zeros(n, w_node.shape[1]), self.layout, z, torch.stack([atoms, atoms], 1),
-                                       batch, invariant=torch.ones(n, dtype=torch.bool, device=dev), index=index)
-        return h, index
+        h = h + so2ops.assemble_blocks(ref, w_node.new_zeros(n, w_node.shape[1]), self.layout, z, inputs.diag_items,
+                                       batch, invariant=inputs.all_invariant, index=index)
+        return h
 
     def forward(self, atomic_numbers: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The network output ``[n_ao, n_ao]`` (PySCF AO order, Hartree) of one molecule, a torch tensor.
