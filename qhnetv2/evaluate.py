@@ -123,18 +123,14 @@ def _density_errors(build, mol_id, n_electrons: int, charge: int, h_true: np.nda
     ``dipole_error`` = |mu(D(H_pred)) - mu(D(H_true))| Debye, one ``mf`` for both densities),
     with E[D(H_pred)] from the build's stored potential instead of a second Fock build.
     """
-    from .metrics import closed_shell_density
+    from .metrics import closed_shell_density, density_errors
 
     if build is None:
         raise ValueError(f"molecule {mol_id!r}: {n_electrons} electrons (charge {charge}); only closed-shell "
                          f"molecules are supported")
-    mf, mol = build.mf, build.mol
     dm_t = closed_shell_density(h_true, build.overlap, build.n_occ)
-    e_p, e_t = build.energy(), float(mf.energy_tot(dm=dm_t))
-    mu_p = np.asarray(mf.dip_moment(mol, build.density, unit="Debye", verbose=0))
-    mu_t = np.asarray(mf.dip_moment(mol, dm_t, unit="Debye", verbose=0))
-    return {"energy_error": e_p - e_t, "energy_abs_error": abs(e_p - e_t),
-            "dipole_error": float(np.linalg.norm(mu_p - mu_t))}
+    row = density_errors(build.mf, build.mol, build.density, dm_t, energy_pred=build.energy())
+    return {k: row[k] for k in ("energy_error", "energy_abs_error", "dipole_error")}
 
 
 def scf_acceleration(items: Sequence[Dict[str, Any]], settings: Dict[str, Any],

@@ -264,6 +264,23 @@ def _mf_settings(settings: Mapping[str, Any]) -> Dict[str, Any]:
     return make_settings(**{k: v for k, v in dict(settings or {}).items() if k in DEFAULT_SETTINGS})
 
 
+def density_errors(mf, mol, dm_pred: np.ndarray, dm_true: np.ndarray,
+                   energy_pred: Optional[float] = None) -> Dict[str, float]:
+    """One molecule's :func:`density_metrics` row from its two densities ``[n_ao, n_ao]``.
+
+    ``mf`` is the labels' mean-field object of ``mol``; ``energy_pred`` is E[dm_pred]
+    when the caller already has it (a stored Fock build), else it is evaluated here.
+    Returns ``energy_pred``, ``energy_ref``, ``energy_error``, ``energy_abs_error``
+    (Hartree) and ``dipole_error`` (Debye).
+    """
+    e_p = float(mf.energy_tot(dm=dm_pred)) if energy_pred is None else float(energy_pred)
+    e_t = float(mf.energy_tot(dm=dm_true))
+    mu_p = np.asarray(mf.dip_moment(mol, dm_pred, unit="Debye", verbose=0))
+    mu_t = np.asarray(mf.dip_moment(mol, dm_true, unit="Debye", verbose=0))
+    return {"energy_pred": e_p, "energy_ref": e_t, "energy_error": e_p - e_t, "energy_abs_error": abs(e_p - e_t),
+            "dipole_error": float(np.linalg.norm(mu_p - mu_t))}
+
+
 def density_metrics(H_pred: ArrayLike, H_true: ArrayLike, atomic_numbers: Sequence[np.ndarray],
                     positions: Sequence[np.ndarray],
                     settings: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]],
@@ -338,13 +355,8 @@ def density_metrics(H_pred: ArrayLike, H_true: ArrayLike, atomic_numbers: Sequen
         s = mf.get_ovlp()
         dm_p = closed_shell_density(hp[i], s, n_el // 2)
         dm_t = closed_shell_density(ht[i], s, n_el // 2)
-        e_p, e_t = float(mf.energy_tot(dm=dm_p)), float(mf.energy_tot(dm=dm_t))
-        mu_p = np.asarray(mf.dip_moment(mol, dm_p, unit="Debye", verbose=0))
-        mu_t = np.asarray(mf.dip_moment(mol, dm_t, unit="Debye", verbose=0))
-        per["energy_pred"][i], per["energy_ref"][i] = e_p, e_t
-        per["energy_error"][i] = e_p - e_t
-        per["energy_abs_error"][i] = abs(e_p - e_t)
-        per["dipole_error"][i] = float(np.linalg.norm(mu_p - mu_t))
+        for k, v in density_errors(mf, mol, dm_p, dm_t).items():
+            per[k][i] = v
 
     out: Dict[str, object] = dict(summarize({k: per[k] for k in DENSITY_KEYS}))
     out["per_molecule"] = per
