@@ -68,7 +68,9 @@ def _build_model(config: TrainConfig, basis: str, elements, dtype: torch.dtype, 
     if config.readout_init_scale is not None:
         with torch.no_grad():
             for name in ("diag_readout", "pair_readout"):
-                getattr(model, name).weight.mul_(config.readout_init_scale)
+                readout = getattr(model, name)
+                # the map that writes the blocks: the readout itself, or a gated readout's last layer
+                getattr(readout, "lin2", readout).weight.mul_(config.readout_init_scale)
     return model.to(device=device, dtype=dtype)
 
 

@@ -192,3 +192,24 @@ def test_resume_of_a_run_from_before_target_dtype_keeps_float32_targets(water, t
     s = train(_config(max_steps=2), water["data"], water["split"], run, resume=True, progress=False)
     assert s["steps"] == 2
     assert yaml.safe_load(open(os.path.join(run, "config.yaml")))["target_dtype"] == "float32"
+
+
+# ---------------------------------------------------------------- pair-path options in training
+def test_training_with_every_pair_path_option(water, tmp_path):
+    """A model with the gated readout (two-layer) and the other pair options trains: the
+    readout init scale reaches the layer that writes the blocks, and the loss is finite."""
+    from qhnetv2.model import QHNetV2
+    from qhnetv2.training.loop import _build_model, train
+
+    options = {"pair_product": 2, "pair_norm": True, "readout_hidden": 8, "element_pair_readout": True}
+    cfg = _config(max_steps=2, readout_init_scale=0.1)
+    cfg.model.update(options)
+    model = _build_model(cfg, "def2-svp", [1, 8], torch.float64, "cpu")
+    torch.manual_seed(cfg.seed)  # the same initial weights, unscaled
+    plain = QHNetV2.from_preset("tiny", basis="def2-svp", elements=[1, 8], **options).double()
+    for name in ("diag_readout", "pair_readout"):
+        torch.testing.assert_close(getattr(model, name).lin2.weight, 0.1 * getattr(plain, name).lin2.weight)
+        torch.testing.assert_close(getattr(model, name).lin1.weight, getattr(plain, name).lin1.weight)
+    run = str(tmp_path / "run")
+    s = train(cfg, water["data"], water["split"], run, progress=False)
+    assert s["steps"] == 2 and np.isfinite(float(_rows(run)[-1]["train_mae_uEh"]))
