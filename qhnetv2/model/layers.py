@@ -92,7 +92,9 @@ class PairBlock(nn.Module):
 
     Shapes: ``forward(x[N, K, C], pair_feat[Pn, K, Cp], pairs[Pn, 2], wigner[Pn, P], rbf[Pn, R],
     pair_attr[Pn, A], envelope[Pn]) -> [Pn, K, Cp]`` (``pair_attr`` only with ``product``,
-    ``envelope`` only with ``norm_pairs``).
+    ``envelope`` only with ``norm_pairs``).  ``rbf`` may also be ``[Pn / 2, R]`` when the rows
+    ``Pn/2 ..`` of ``pairs`` are the rows ``0 .. Pn/2`` reversed (same distances): the radial
+    MLP then runs once per unordered pair.
     """
 
     def __init__(self, lmax: int, mmax: int, channels: int, pair_channels: int, num_rbf: int,
@@ -118,6 +120,8 @@ class PairBlock(nn.Module):
         xj = so2ops.rotate(h, wigner, self.lmax, index=pairs[:, 1])
         p = pair_feat if self.pair_norm is None else self.pair_norm(pair_feat)
         mod = self.radial(rbf).view(-1, num_mod(self.lmax, self.mmax), self.cin)
+        if mod.shape[0] != pairs.shape[0]:  # one row per unordered pair: the reversed half shares it
+            mod = mod.repeat(2, 1, 1)
         y = self.lin1(torch.cat([xi, xj, p], dim=2), mod)
         if self.tp is not None:
             y = y + self.tp(y, pair_attr)

@@ -286,10 +286,13 @@ class QHNetV2(nn.Module):
         w_pair = so2ops.edge_wigner(pair_vec, L)
         r_edge = g.edge_vec.norm(dim=1)
         rbf_e, env_e = self.rbf(r_edge), self.rbf.envelope(r_edge)
-        r_pair = pair_vec.norm(dim=1)
+        # distance features once per unordered pair (both orientations share the distance);
+        # the pair blocks' radial MLPs run on these P rows and repeat them for the reversed half
+        r_pair = g.pair_vec.norm(dim=1)
         rbf_p = self.pair_rbf(r_pair)
-        env_p = self.pair_rbf.envelope(r_pair) if cfg.pair_norm else None
-        pair_attr = torch.cat([rbf_p, attrs[pairs[:, 0]], attrs[pairs[:, 1]]], dim=1) if cfg.pair_product else None
+        env_p = self.pair_rbf.envelope(r_pair).repeat(2) if cfg.pair_norm else None
+        pair_attr = (torch.cat([rbf_p.repeat(2, 1), attrs[pairs[:, 0]], attrs[pairs[:, 1]]], dim=1)
+                     if cfg.pair_product else None)
         pair_feat = x.new_zeros(pairs.shape[0], num_coeffs(L), cfg.pair_channels)
         for msg, node, pair in zip(self.messages, self.nodes, self.pairs):
             x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e)
