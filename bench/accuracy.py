@@ -274,38 +274,17 @@ def offdiagonal_by_distance(preds: Sequence[np.ndarray], targets: Sequence[np.nd
 
 
 def evaluate_variant(checkpoint: str, data: str, test_ids: Sequence[str], scf: int) -> Dict[str, Any]:
-    """Test metrics of one trained variant, per molecule and over all (reporting units)."""
-    from qhnetv2.data.store import HamiltonianReader
-    from qhnetv2.evaluate import _ao_slices, evaluate
+    """Test metrics of one trained variant, per molecule and over all (reporting units):
+    :func:`evaluate_predictions` of the checkpoint's full-H predictions."""
     from qhnetv2.inference import model_and_extra, predict_hamiltonians
 
-    by_mol: Dict[str, List[str]] = {}
-    for i in test_ids:
-        by_mol.setdefault(i.split(":")[0], []).append(i)
     model, extra, _ = model_and_extra(checkpoint, "cpu", None)
-    result: Dict[str, Any] = {"molecules": {}}
-    groups = dict(by_mol, all=list(test_ids))
-    for name, ids in groups.items():
-        # SCF on the first `scf` test geometries of each molecule (the "all" row pools them)
-        n_scf = scf if name != "all" else 0
-        res = evaluate(model, data, ids=ids, scf=n_scf, extra=extra, device="cpu", density=0)
-        row = dict(res["metrics"])
-        if res.get("scf"):
-            row["scf_cycles_model"] = res["scf"]["mean_cycles_pred"]
-            row["scf_cycles_minao"] = res["scf"]["mean_cycles_minao"]
-            row["scf_ratio"] = res["scf"]["ratio_pred_over_minao"]
-        reader = HamiltonianReader(data, ids=list(ids))
-        recs = [reader[i] for i in range(len(reader))]
-        preds = predict_hamiltonians(model, extra, [r["atomic_numbers"] for r in recs], [r["positions"] for r in recs])
-        bins = offdiagonal_by_distance(preds, [r["hamiltonian"] for r in recs], [r["positions"] for r in recs],
-                                       [_ao_slices(model.layout, r["atomic_numbers"]) for r in recs])
-        row["offdiag_by_distance_uEh"] = {k: v[0] * 1e6 for k, v in bins.items()}
-        result["molecules"][name] = row
-    if scf:
-        pooled = [r for n, r in result["molecules"].items() if n != "all" and "scf_ratio" in r]
-        if pooled:
-            result["molecules"]["all"]["scf_ratio"] = float(np.mean([r["scf_ratio"] for r in pooled]))
-    return result
+
+    def predict(records):
+        return predict_hamiltonians(model, extra, [r["atomic_numbers"] for r in records],
+                                    [r["positions"] for r in records])
+
+    return evaluate_predictions(predict, data, test_ids, scf)
 
 
 def evaluate_predictions(predict, data: str, test_ids: Sequence[str], scf: int) -> Dict[str, Any]:

@@ -216,10 +216,12 @@ def test_fake_checkout_trains_resumes_and_predicts_in_pyscf_order(tmp_path, fake
     np.testing.assert_array_equal(preds[0], preds[2])
 
 
-def test_evaluate_predictions_scores_like_evaluate_variant(tmp_path, water_svp):
-    """The qhnet row's metric code gives our variants' numbers on the same predictions."""
+def test_evaluate_predictions_scores_like_qhnetv2_evaluate(tmp_path, water_svp):
+    """The yardstick's metric code (every row, ours and qhnet's) gives the numbers of the
+    product's own ``qhnetv2.evaluate.evaluate`` on the same model."""
     from bench import accuracy
-    from qhnetv2.inference import load_model, predict_hamiltonians
+    from qhnetv2.evaluate import evaluate
+    from qhnetv2.inference import model_and_extra
     from qhnetv2.training import train
     from qhnetv2.training.config import TrainConfig
 
@@ -229,18 +231,18 @@ def test_evaluate_predictions_scores_like_evaluate_variant(tmp_path, water_svp):
     summary = train(cfg, water_svp["data"], water_svp["split"], str(tmp_path / "run"), progress=False)
     ckpt = summary["best_checkpoint"]
     test = water_svp["ids"]["test"]
-    ref = accuracy.evaluate_variant(ckpt, water_svp["data"], test, scf=1)
-    model, extra = load_model(ckpt, "cpu")
-    got = accuracy.evaluate_predictions(
-        lambda recs: predict_hamiltonians(model, extra, [r["atomic_numbers"] for r in recs],
-                                          [r["positions"] for r in recs]), water_svp["data"], test, scf=1)
-    assert set(got["molecules"]) == set(ref["molecules"]) == {"water", "all"}
-    for mol, row in ref["molecules"].items():
-        for key, label, _ in accuracy.ROWS:
-            if key in row:
-                assert got["molecules"][mol][key] == pytest.approx(row[key], rel=1e-9, nan_ok=True), (mol, key)
-        assert got["molecules"][mol]["offdiag_by_distance_uEh"] == pytest.approx(row["offdiag_by_distance_uEh"])
-    assert "scf_ratio" in got["molecules"]["water"]
+    got = accuracy.evaluate_variant(ckpt, water_svp["data"], test, scf=1)
+    model, extra, _ = model_and_extra(ckpt, "cpu", None)
+    ref = evaluate(model, water_svp["data"], ids=test, scf=1, extra=extra, device="cpu", density=0)
+    assert set(got["molecules"]) == {"water", "all"}
+    row = got["molecules"]["water"]
+    for key, label, _ in accuracy.ROWS:
+        if key in ref["metrics"]:
+            assert row[key] == pytest.approx(ref["metrics"][key], rel=1e-9, nan_ok=True), key
+    assert row["scf_ratio"] == pytest.approx(ref["scf"]["ratio_pred_over_minao"])
+    assert row["scf_cycles_model"] == pytest.approx(ref["scf"]["mean_cycles_pred"])
+    assert got["molecules"]["all"]["hamiltonian_mae_uEh"] == pytest.approx(row["hamiltonian_mae_uEh"])
+    assert row["offdiag_by_distance_uEh"]
 
 
 # ---------------------------------------------------------------- the yardstick hook
