@@ -80,11 +80,21 @@ def markdown(doc: Dict) -> str:
         notes = {r["impl"]: r["note"] for r in er if r["note"]}
         if notes:
             lines += [f"- `{k}`: {v}" for k, v in notes.items()] + [""]
+        eff = next((r["efficiency"] for r in er if r.get("efficiency")), None)
+        if eff:
+            gemms = ", ".join(f"{g['m']}x{g['k']}x{g['n']} {g['gflops']:.1f}" for g in eff.get("gemm", []))
+            lines += [f"- FLOPs: {eff.get('flops_source', '')}.",
+                      f"- GEMM rate (float32 torch.mm, this run, {eff.get('threads') or 'default'} threads, median "
+                      f"GFLOP/s): {gemms or 'not measured'}; `% GEMM` = counted FLOPs / median time / "
+                      f"{_f(eff.get('gemm_gflops'), '.1f')} GFLOP/s (the better shape).", ""]
         groups = list(dict.fromkeys((r["dtype"], r["mode"]) for r in er))
         for dtype, mode in groups:
             gr = [r for r in er if r["dtype"] == dtype and r["mode"] == mode]
             bases = sorted(dict.fromkeys(b for r in gr for b in r["speedup"]), key=_base_order)
             header = ["shape", "impl", "median ms", "q20-q80 ms", "GFLOP/s", "GB/s", "% peak FLOP", "% peak BW"]
+            with_eff = any(r.get("efficiency") for r in gr)
+            if with_eff:
+                header.append("% GEMM")
             if mode == "fwdbwd":
                 header += ["peak mem MiB"] + [f"mem / {b}" for b in bases if any(b in r["mem_ratio"] for r in gr)]
             header += [f"x vs {b}" for b in bases] + ["check"]
@@ -94,6 +104,9 @@ def markdown(doc: Dict) -> str:
                 row = [fmt_shape(r["shape"]), r["impl"], f"{t['median'] * 1e3:.3f}", f"{t['q20'] * 1e3:.3f}-{t['q80'] * 1e3:.3f}",
                        _f(r["flops_per_s"] and r["flops_per_s"] / 1e9, ".1f"), _f(r["bytes_per_s"] and r["bytes_per_s"] / 1e9, ".1f"),
                        _f(r["pct_peak_flops"], ".1f"), _f(r["pct_peak_bw"], ".1f")]
+                if with_eff:
+                    frac = (r.get("efficiency") or {}).get("frac_gemm")
+                    row.append(_f(frac and 100.0 * frac, ".1f"))
                 if mode == "fwdbwd":
                     row.append(_f(r["peak_mem_bytes"] and r["peak_mem_bytes"] / 2**20, ".1f"))
                     row += [_f(r["mem_ratio"].get(b), ".2f") for b in bases if any(b in x["mem_ratio"] for x in gr)]

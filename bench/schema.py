@@ -26,7 +26,12 @@ false and no targets yet.
            "time_s": {"median", "q20", "q80", "min", "n"} | null,
            "flops", "bytes", "flops_per_s", "bytes_per_s" (number | null),
            "pct_peak_flops", "pct_peak_bw", "peak_key", "peak_mem_bytes" (| null),
-           "speedup": {baseline: x}, "mem_ratio": {baseline: x}}
+           "speedup": {baseline: x}, "mem_ratio": {baseline: x},
+           optional (model rows): "efficiency": {"achieved_gflops", "gemm_gflops", "frac_gemm" (number | null),
+                                                 "flops_source", "threads", "gemm": [{"m", "k", "n", "gflops", ...}],
+                                                 "note"}}
+
+Optional keys are checked when present; documents written before they existed stay valid.
 """
 from __future__ import annotations
 
@@ -60,6 +65,8 @@ META = ("created", "argv", "quick", "device", "versions", "backends", "timer", "
 ROW = ("entry", "kind", "impl", "impl_kind", "is_baseline", "shape", "dtype", "mode", "tags", "status", "note",
        "check", "time_s", "flops", "bytes", "flops_per_s", "bytes_per_s", "pct_peak_flops", "pct_peak_bw",
        "peak_key", "peak_mem_bytes", "speedup", "mem_ratio")
+#: required keys of a row's optional ``efficiency`` (the model rows: counted FLOPs against the measured GEMM rate)
+EFFICIENCY = ("achieved_gflops", "gemm_gflops", "frac_gemm")
 TARGET = ("entry", "impl", "metric", "goal", "cmp", "value", "met", "binding", "shape", "note")
 
 
@@ -87,6 +94,13 @@ def validate_row(r: Any, path: str) -> None:
     for k in ("speedup", "mem_ratio"):
         _req(isinstance(r[k], dict) and all(_num_or_none(v) and v is not None for v in r[k].values()),
              f"{path}.{k}", "expected {baseline: number}")
+    if "efficiency" in r:
+        e = r["efficiency"]
+        _keys(e, EFFICIENCY, path + ".efficiency")
+        for k in EFFICIENCY:
+            _req(_num_or_none(e[k]) and (e[k] is None or e[k] >= 0), f"{path}.efficiency.{k}",
+                 "expected a number >= 0 or null")
+        _req(isinstance(e.get("gemm", []), list), path + ".efficiency.gemm", "expected a list")
 
 
 def validate(doc: Any) -> None:
