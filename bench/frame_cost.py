@@ -21,7 +21,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import subprocess
 
 import torch
 
@@ -77,10 +76,9 @@ def main(argv=None) -> int:
             print(f"{mol:8s} N={z.numel():3d} F={g.frame_atom.numel():3d} {name:18s} fwd+bwd {r['median']:.4f} s "
                   f"(x{r['median'] / base:.3f})", flush=True)
     if args.out:
-        try:
-            git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        except OSError:
-            git = "?"
+        from bench.device import _git_commit
+
+        git = _git_commit()
         meta = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "git": git, "preset": args.preset,
                 "threads": torch.get_num_threads(), "dtype": "float32",
                 "command": "python -m bench.frame_cost " + " ".join(argv if argv is not None else [])}

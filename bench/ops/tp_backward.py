@@ -31,7 +31,6 @@ import datetime as _dt
 import json
 import math
 import os
-import subprocess
 import sys
 
 import torch
@@ -191,10 +190,9 @@ def main(argv=None) -> int:
             print(f"N={n:4d} {name:6s} fwd+bwd {r['median'] * 1e3:8.2f} ms  (x{base / r['median']:.2f} vs before)  "
                   f"fill_={fills['aten::fill_']} zero_={fills['aten::zero_']}", flush=True)
     if args.out:
-        try:
-            git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        except OSError:
-            git = "?"
+        from bench.device import _git_commit
+
+        git = _git_commit()
         cmd = "python -m bench.ops.tp_backward " + " ".join(argv if argv is not None else sys.argv[1:])
         meta = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "git": git,
                 "threads": torch.get_num_threads(), "dtype": "float32", "torch": torch.__version__, "command": cmd.strip(),
