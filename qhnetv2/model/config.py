@@ -45,6 +45,7 @@ class ModelConfig:
     pair_norm: bool = False
     readout_hidden: int = 0
     element_pair_readout: bool = False
+    pair_scheme: str = "ordered"
 
     @classmethod
     def from_dict(cls, d: Dict) -> "ModelConfig":

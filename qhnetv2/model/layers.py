@@ -12,6 +12,7 @@ from torch import nn
 import so2ops
 from so2ops.layout import num_mod
 from so2ops.nn import Gate, SO2LayerNorm, SO2Linear, SO2TensorProduct, init_so2_weight
+from so2ops.nn.reversal import ReversalCommutingLinear, conjugation_signs
 
 
 def radial_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -125,6 +126,56 @@ class PairBlock(nn.Module):
         y = self.lin1(torch.cat([xi, xj, p], dim=2), mod)
         if self.tp is not None:
             y = y + self.tp(y, pair_attr)
+        out = self.lin2(self.gate(y))
+        if self.pair_norm is not None:
+            out = out * envelope[:, None, None].to(out.dtype)
+        return out
+
+
+class TiedPairBlock(nn.Module):
+    """``PairBlock`` evaluated once per unordered pair (``pair_scheme: tied``; docs/model.md
+    "One evaluation per unordered pair").
+
+    ``P += env(r) * L2(Gate(y))`` with ``y = A (D x_i) + (F A F)(D x_j) + C LN(P)``, each input
+    scaled per ``(m, l, channel)`` by ``radial(r)`` (the same scaling for ``x_i`` and ``x_j``);
+    ``F`` is the edge reversal (``so2ops.nn.reversal``), ``C`` and ``L2`` commute with it.
+    Then the update computed in the reversed orientation (frame ``F D``, inputs ``x_j, x_i,
+    F P``) is exactly ``F`` times this one, so the pair stream of the orientation ``(j, i)``
+    is ``F P`` and never needs computing.  The gathers and rotations are fused into the
+    linear layer (``so2ops.so2_gather_linear``): no ``[pairs, K, 2C + Cp]`` tensor is built.
+
+    Shapes: ``forward(x[N, K, C], pair_feat[P, K, Cp], pairs[P, 2], wigner[P, W], rbf[P, R],
+    envelope[P]) -> [P, K, Cp]`` (``envelope`` only with ``norm_pairs``).
+    """
+
+    def __init__(self, lmax: int, mmax: int, channels: int, pair_channels: int, num_rbf: int,
+                 norm: str = "separate", norm_pairs: bool = False):
+        super().__init__()
+        self.lmax, self.mmax, self.channels, self.pair_channels = lmax, mmax, channels, pair_channels
+        cin = 2 * channels + pair_channels  # the inputs of one output row, as in PairBlock
+        self.norm = SO2LayerNorm(lmax, channels, degrees=norm)
+        self.pair_norm = SO2LayerNorm(lmax, pair_channels, degrees=norm) if norm_pairs else None
+        # A: the map of x_i (and, conjugated by F, of x_j); fan-in of all cin inputs, as PairBlock.lin1
+        self.weight_x = nn.Parameter(torch.empty(so2ops.weight_size(lmax, mmax, channels, pair_channels)))
+        init_so2_weight(self.weight_x, lmax, mmax, channels, pair_channels, gain=(channels / cin) ** 0.5)
+        self.register_buffer("conj_x", conjugation_signs(lmax, mmax, channels, pair_channels).float(),
+                             persistent=False)
+        self.lin_p = ReversalCommutingLinear(lmax, mmax, pair_channels, pair_channels, gain=(pair_channels / cin) ** 0.5)
+        self.lin2 = ReversalCommutingLinear(lmax, mmax, pair_channels, pair_channels)
+        self.radial = radial_mlp(num_rbf, 64, num_mod(lmax, mmax) * (channels + pair_channels))
+        self.gate = Gate(lmax, pair_channels)
+
+    def forward(self, x, pair_feat, pairs, wigner, rbf, envelope=None):
+        if pairs.shape[0] == 0:
+            return pair_feat
+        L, M, C, Cp = self.lmax, self.mmax, self.channels, self.pair_channels
+        h = self.norm(x)
+        mod = self.radial(rbf).view(-1, num_mod(L, M), C + Cp)
+        mod_x, mod_p = mod[..., :C].contiguous(), mod[..., C:].contiguous()
+        p = pair_feat if self.pair_norm is None else self.pair_norm(pair_feat)
+        y = so2ops.so2_gather_linear(h, wigner, pairs[:, 0], self.weight_x, L, M, Cp, mod_x)
+        y = y + so2ops.so2_gather_linear(h, wigner, pairs[:, 1], self.weight_x * self.conj_x, L, M, Cp, mod_x)
+        y = y + self.lin_p(p, mod_p)
         out = self.lin2(self.gate(y))
         if self.pair_norm is not None:
             out = out * envelope[:, None, None].to(out.dtype)

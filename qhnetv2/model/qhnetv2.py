@@ -14,14 +14,17 @@ import so2ops
 from so2ops import BasisLayout, HamiltonianIndex
 from so2ops.block_tables import block_tables
 from so2ops.layout import num_coeffs, num_mod
+from so2ops.nn.reversal import reversal_signs, reversal_wigner_signs
 
 from ..atomic import atomic_file
 from .config import ModelConfig, preset
 from .graph import GraphTopology, build_topology, graph_vectors
-from .layers import GatedReadout, MessageBlock, NodeBlock, PairBlock
+from .layers import GatedReadout, MessageBlock, NodeBlock, PairBlock, TiedPairBlock
 from .radial import RadialBasis
 
 CHECKPOINT_FORMAT = "qhnetv2-checkpoint"
+#: ``ordered``: the pair stream for both orientations of each pair; ``tied``: once per unordered pair
+PAIR_SCHEMES = ("ordered", "tied")
 MIN_DISTANCE = 0.3  # Angstrom: closer atoms are certainly an input error
 
 
@@ -123,9 +126,23 @@ class QHNetV2(nn.Module):
             raise ValueError(f"pair_product ({cfg.pair_product}) and readout_hidden ({cfg.readout_hidden}) must be >= 0")
         # the pair product's weights come from the pair's invariants: distance and both elements
         pair_attr_dim = cfg.num_rbf + 2 * C
-        self.pairs = nn.ModuleList(PairBlock(L, cfg.pair_mmax, C, Cp, cfg.num_rbf, cfg.norm, product=cfg.pair_product,
-                                             attr_dim=pair_attr_dim, norm_pairs=cfg.pair_norm)
-                                   for _ in range(cfg.layers))
+        if cfg.pair_scheme not in PAIR_SCHEMES:
+            raise ValueError(f"pair_scheme must be one of {PAIR_SCHEMES}, got {cfg.pair_scheme!r}")
+        self.tied_pairs = cfg.pair_scheme == "tied"
+        if self.tied_pairs:
+            if cfg.pair_product:
+                raise ValueError("pair_product needs pair_scheme 'ordered' (the pair tensor product does not "
+                                 "commute with the edge reversal that pair_scheme 'tied' relies on)")
+            self.pairs = nn.ModuleList(TiedPairBlock(L, cfg.pair_mmax, C, Cp, cfg.num_rbf, cfg.norm,
+                                                     norm_pairs=cfg.pair_norm) for _ in range(cfg.layers))
+        else:
+            self.pairs = nn.ModuleList(PairBlock(L, cfg.pair_mmax, C, Cp, cfg.num_rbf, cfg.norm,
+                                                 product=cfg.pair_product, attr_dim=pair_attr_dim,
+                                                 norm_pairs=cfg.pair_norm) for _ in range(cfg.layers))
+        # the edge reversal F on coefficients and on packed Wigner rows (so2ops.nn.reversal):
+        # the reversed orientation of a tied pair has stream F P and frame F D
+        self.register_buffer("reversal", reversal_signs(L)[:, None].float(), persistent=False)
+        self.register_buffer("reversal_wigner", reversal_wigner_signs(L).float(), persistent=False)
         self.block_channels = so2ops.block_channels(self.layout, L)
         self.diag_norm = so2ops.nn.SO2LayerNorm(L, C, degrees=cfg.norm)
         self.pair_norm = so2ops.nn.SO2LayerNorm(L, Cp, degrees=cfg.norm)
@@ -275,29 +292,42 @@ class QHNetV2(nn.Module):
         f_atom, f_weight = (None, None) if topo.one_frame_per_atom else (g.frame_atom, g.frame_weight)
         # Every pair in both orientations, the two blocks averaged at assembly: the pair path
         # (frame r_j - r_i, inputs [x_i, x_j]) is not symmetric in (i, j), and H must not
-        # depend on the order of the atoms (permutation equivariance).
+        # depend on the order of the atoms (permutation equivariance).  "ordered" evaluates
+        # the pair stream for both; "tied" once (rows 0..P), the reversed orientation being
+        # F times it in the frame F D (docs/model.md "One evaluation per unordered pair").
         pairs = inputs.pairs_both
-        pair_vec = torch.cat([g.pair_vec, -g.pair_vec], 0)
         L = cfg.lmax
         attrs = self.embedding(elem)  # [N, C]
         x = torch.cat([attrs[:, None, :], attrs.new_zeros(n, num_coeffs(L) - 1, attrs.shape[1])], dim=1)
         w_edge = so2ops.edge_wigner(g.edge_vec, L)
         w_node = so2ops.edge_wigner(g.frame_vec, L)
-        w_pair = so2ops.edge_wigner(pair_vec, L)
+        if self.tied_pairs:
+            w_pair1 = so2ops.edge_wigner(g.pair_vec, L)
+            w_pair = torch.cat([w_pair1, w_pair1 * self.reversal_wigner.to(w_pair1.dtype)], 0)
+        else:
+            w_pair = so2ops.edge_wigner(torch.cat([g.pair_vec, -g.pair_vec], 0), L)
         r_edge = g.edge_vec.norm(dim=1)
         rbf_e, env_e = self.rbf(r_edge), self.rbf.envelope(r_edge)
         # distance features once per unordered pair (both orientations share the distance);
         # the pair blocks' radial MLPs run on these P rows and repeat them for the reversed half
         r_pair = g.pair_vec.norm(dim=1)
         rbf_p = self.pair_rbf(r_pair)
-        env_p = self.pair_rbf.envelope(r_pair).repeat(2) if cfg.pair_norm else None
-        pair_attr = (torch.cat([rbf_p.repeat(2, 1), attrs[pairs[:, 0]], attrs[pairs[:, 1]]], dim=1)
-                     if cfg.pair_product else None)
-        pair_feat = x.new_zeros(pairs.shape[0], num_coeffs(L), cfg.pair_channels)
-        for msg, node, pair in zip(self.messages, self.nodes, self.pairs):
-            x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e)
-            x = x + node(x, w_node, attrs, g.has_frame, f_atom, f_weight)
-            pair_feat = pair_feat + pair(x, pair_feat, pairs, w_pair, rbf_p, pair_attr, env_p)
+        env_p = self.pair_rbf.envelope(r_pair) if cfg.pair_norm else None
+        if self.tied_pairs:
+            pair_feat = x.new_zeros(n_pairs, num_coeffs(L), cfg.pair_channels)
+            for msg, node, pair in zip(self.messages, self.nodes, self.pairs):
+                x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e)
+                x = x + node(x, w_node, attrs, g.has_frame, f_atom, f_weight)
+                pair_feat = pair_feat + pair(x, pair_feat, topo.pairs, w_pair1, rbf_p, env_p)
+        else:
+            env_p = env_p.repeat(2) if env_p is not None else None
+            pair_attr = (torch.cat([rbf_p.repeat(2, 1), attrs[pairs[:, 0]], attrs[pairs[:, 1]]], dim=1)
+                         if cfg.pair_product else None)
+            pair_feat = x.new_zeros(pairs.shape[0], num_coeffs(L), cfg.pair_channels)
+            for msg, node, pair in zip(self.messages, self.nodes, self.pairs):
+                x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e)
+                x = x + node(x, w_node, attrs, g.has_frame, f_atom, f_weight)
+                pair_feat = pair_feat + pair(x, pair_feat, pairs, w_pair, rbf_p, pair_attr, env_p)
         # readout: diagonal blocks in node frames, off-diagonal blocks in pair frames
         xn = self.diag_norm(x)
         diag_mod = None
@@ -312,7 +342,10 @@ class QHNetV2(nn.Module):
             pair_mod = None
             if self.pair_readout_scale is not None:
                 pair_mod = self.pair_readout_scale[elem[pairs[:, 0]] * len(cfg.elements) + elem[pairs[:, 1]]]
-            off = 0.5 * self.pair_readout(torch.cat([self.pair_norm(pair_feat), xi, xj], dim=2), pair_mod)
+            pn = self.pair_norm(pair_feat)
+            if self.tied_pairs:  # the reversed orientations' stream: F P (the norm commutes with F)
+                pn = torch.cat([pn, pn * self.reversal.to(pn.dtype)], 0)
+            off = 0.5 * self.pair_readout(torch.cat([pn, xi, xj], dim=2), pair_mod)
         else:
             off = diag.new_zeros(0, diag.shape[1], diag.shape[2])
         # diagonal blocks: round k holds every atom's k-th candidate frame (assemble_blocks takes

@@ -30,6 +30,7 @@ TINY = dict(elements=[1, 7, 8], channels=8, layers=2, mmax=2, num_rbf=8, body_or
 CONFIGS = {
     "average+options": dict(pair_product=2, pair_norm=True, readout_hidden=8, element_pair_readout=True),
     "average": dict(),
+    "tied+options": dict(pair_scheme="tied", pair_norm=True, readout_hidden=8, element_pair_readout=True),
     "nearest": dict(node_frame="nearest"),
     "soft": dict(node_frame="soft"),
 }
@@ -156,7 +157,7 @@ def test_prepare_and_forward_batch_do_read_the_host(no_host_reads):
 
 
 # ------------------------------------------------------------------ exactness
-@pytest.mark.parametrize("config", ["average+options", "nearest", "soft"])
+@pytest.mark.parametrize("config", ["average+options", "tied+options", "nearest", "soft"])
 def test_prepared_equals_forward_batch(config):
     """``forward_prepared`` gives exactly what ``forward_batch`` gives, position gradients too; a
     prepared batch reused at displaced positions (same graph) equals a fresh ``forward_batch``."""

@@ -23,6 +23,9 @@ OPTIONS = {
     "element_pair_readout": dict(element_pair_readout=True),
     "pair_mmax_lmax": dict(pair_mmax=4, tp_mmax=4),
     "all": dict(pair_product=2, pair_norm=True, readout_hidden=10, element_pair_readout=True, pair_mmax=4),
+    # one pair evaluation per unordered pair (docs/model.md "One evaluation per unordered pair")
+    "pair_tied": dict(pair_scheme="tied"),
+    "tied_all": dict(pair_scheme="tied", pair_norm=True, readout_hidden=10, element_pair_readout=True, pair_mmax=4),
 }
 
 
@@ -37,7 +40,7 @@ def build(options, seed=0):
                 scale.uniform_(0.5, 1.5)
         # the product weights of body order 2 start near 0: make them count
         for block in model.pairs:
-            if block.tp is not None:
+            if getattr(block, "tp", None) is not None:
                 block.tp.coeffs.bias.normal_()
     return model
 
@@ -83,11 +86,12 @@ def test_option_permutation_equivariant(option_model, z, pos, perm):
     assert rel_err(model.predict(z[perm], pos[perm]), h[np.ix_(idx, idx)]) < 1e-10, name
 
 
-def test_options_backends_agree():
+@pytest.mark.parametrize("options", ["all", "tied_all"])
+def test_options_backends_agree(options):
     """The fused cpu backend gives the reference backend's H and gradients with every option on."""
     if not so2ops.dispatch.runnable("cpu", torch.device("cpu")):
         pytest.skip("the compiled cpu backend is not available")
-    model = build(OPTIONS["all"])
+    model = build(OPTIONS[options])
     weight = torch.randn(38, 38, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     out = {}
     for backend in ("reference", "cpu"):
@@ -99,8 +103,10 @@ def test_options_backends_agree():
     for n in out["reference"]:
         torch.testing.assert_close(out["cpu"][n], out["reference"][n], rtol=1e-9, atol=1e-11, msg=lambda m: f"{n}: {m}")
     # every option's parameters receive a gradient
-    for n in ("pairs.0.tp.w_in", "pairs.0.pair_norm", "diag_readout.lin1.weight", "pair_readout_scale",
-              "diag_readout_scale"):
+    names = ("pairs.0.pair_norm", "diag_readout.lin1.weight", "pair_readout_scale", "diag_readout_scale")
+    names += (("pairs.0.weight_x", "pairs.0.lin_p.weight", "pairs.1.lin2.weight") if options == "tied_all"
+              else ("pairs.0.tp.w_in",))
+    for n in names:
         assert any(k.startswith(n) for k in out["reference"]), n
 
 
@@ -114,10 +120,11 @@ def test_option_checkpoint_roundtrip_and_old_config(tmp_path):
     # a checkpoint written before the options existed loads as the original model
     plain = build({})
     ckpt = plain.checkpoint()
-    for key in ("pair_product", "pair_norm", "readout_hidden", "element_pair_readout"):
+    for key in ("pair_product", "pair_norm", "readout_hidden", "element_pair_readout", "pair_scheme"):
         ckpt["config"].pop(key)
     old = QHNetV2.from_checkpoint(ckpt).double()
     assert old.config.pair_product == 0 and not old.config.pair_norm and old.config.readout_hidden == 0
+    assert old.config.pair_scheme == "ordered" and not old.tied_pairs
     assert rel_err(old.predict(CHO_Z, CHO_POS), plain.predict(CHO_Z, CHO_POS)) < 1e-6
 
 
@@ -126,3 +133,7 @@ def test_option_bad_values():
         QHNetV2(basis="def2-svp", **BASE, pair_product=-1)
     with pytest.raises(ValueError, match="readout_hidden"):
         QHNetV2(basis="def2-svp", **BASE, readout_hidden=-2)
+    with pytest.raises(ValueError, match="pair_scheme"):
+        QHNetV2(basis="def2-svp", **BASE, pair_scheme="both")
+    with pytest.raises(ValueError, match="pair_product needs pair_scheme"):
+        QHNetV2(basis="def2-svp", **BASE, pair_scheme="tied", pair_product=2)

@@ -195,13 +195,16 @@ def test_resume_of_a_run_from_before_target_dtype_keeps_float32_targets(water, t
 
 
 # ---------------------------------------------------------------- pair-path options in training
-def test_training_with_every_pair_path_option(water, tmp_path):
+@pytest.mark.parametrize("scheme", ["ordered", "tied"])
+def test_training_with_every_pair_path_option(water, tmp_path, scheme):
     """A model with the gated readout (two-layer) and the other pair options trains: the
     readout init scale reaches the layer that writes the blocks, and the loss is finite."""
     from qhnetv2.model import QHNetV2
     from qhnetv2.training.loop import _build_model, train
 
-    options = {"pair_product": 2, "pair_norm": True, "readout_hidden": 8, "element_pair_readout": True}
+    options = {"pair_norm": True, "readout_hidden": 8, "element_pair_readout": True, "pair_scheme": scheme}
+    if scheme == "ordered":  # the pair tensor product exists in the ordered scheme only
+        options["pair_product"] = 2
     cfg = _config(max_steps=2, readout_init_scale=0.1)
     cfg.model.update(options)
     model = _build_model(cfg, "def2-svp", [1, 8], torch.float64, "cpu")
