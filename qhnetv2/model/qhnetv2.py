@@ -15,6 +15,7 @@ from so2ops import BasisLayout, HamiltonianIndex
 from so2ops.block_tables import block_tables
 from so2ops.layout import num_coeffs, num_mod
 from so2ops.nn.reversal import reversal_signs, reversal_wigner_signs
+from so2ops.nn.so2_linear import split_so2_weight
 
 from ..atomic import atomic_file
 from .config import ModelConfig, preset
@@ -337,15 +338,13 @@ class QHNetV2(nn.Module):
         if f_weight is not None:
             diag = diag * f_weight[:, None, None].to(diag.dtype)
         if n_pairs:  # a Python int of the prepared batch, not a host read
-            xi = so2ops.rotate(xn, w_pair, L, index=pairs[:, 0])
-            xj = so2ops.rotate(xn, w_pair, L, index=pairs[:, 1])
             pair_mod = None
             if self.pair_readout_scale is not None:
                 pair_mod = self.pair_readout_scale[elem[pairs[:, 0]] * len(cfg.elements) + elem[pairs[:, 1]]]
             pn = self.pair_norm(pair_feat)
             if self.tied_pairs:  # the reversed orientations' stream: F P (the norm commutes with F)
                 pn = torch.cat([pn, pn * self.reversal.to(pn.dtype)], 0)
-            off = 0.5 * self.pair_readout(torch.cat([pn, xi, xj], dim=2), pair_mod)
+            off = 0.5 * self._pair_readout(pn, xn, pairs, w_pair, pair_mod)
         else:
             off = diag.new_zeros(0, diag.shape[1], diag.shape[2])
         # diagonal blocks: round k holds every atom's k-th candidate frame (assemble_blocks takes
@@ -371,6 +370,26 @@ class QHNetV2(nn.Module):
         h = h + so2ops.assemble_blocks(ref, w_node.new_zeros(n, w_node.shape[1]), self.layout, z, inputs.diag_items,
                                        batch, invariant=inputs.all_invariant, index=index)
         return h
+
+    def _pair_readout(self, pn, xn, pairs, w_pair, pair_mod):
+        """The off-diagonal readout of ``[LN(P), D x_i, D x_j]`` in the pair frames, with the
+        first layer split by input (``so2ops.nn.split_so2_weight``) so that the gathers and
+        rotations of ``x_i``, ``x_j`` are fused into it (``so2_gather_linear``): no
+        ``[2P, K, Cp + 2C]`` concatenation.  The same function as the readout module on the
+        concatenation.  Shapes: ``pn[2P, K, Cp]``, ``xn[N, K, C]``, ``pairs[2P, 2]``,
+        ``w_pair[2P, W]``, ``pair_mod[2P, num_mod, Cp + 2C]`` or None -> ``[2P, K, Cb]``."""
+        L, C, Cp = self.config.lmax, self.config.channels, self.config.pair_channels
+        gated = isinstance(self.pair_readout, GatedReadout)
+        first = self.pair_readout.lin1 if gated else self.pair_readout
+        cout = first.out_channels
+        w_p, w_i, w_j = split_so2_weight(first.weight, L, L, (Cp, C, C), cout)
+        mod_p = mod_i = mod_j = None
+        if pair_mod is not None:
+            mod_p, mod_i, mod_j = (t.contiguous() for t in pair_mod.split([Cp, C, C], dim=2))
+        y = so2ops.so2_linear(pn, w_p, L, L, cout, mod_p)
+        y = y + so2ops.so2_gather_linear(xn, w_pair, pairs[:, 0], w_i, L, L, cout, mod_i)
+        y = y + so2ops.so2_gather_linear(xn, w_pair, pairs[:, 1], w_j, L, L, cout, mod_j)
+        return self.pair_readout.lin2(self.pair_readout.gate(y)) if gated else y
 
     def forward(self, atomic_numbers: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The network output ``[n_ao, n_ao]`` (PySCF AO order, Hartree) of one molecule, a torch tensor.

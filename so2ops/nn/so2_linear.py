@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +18,28 @@ def init_so2_weight(weight: torch.Tensor, lmax: int, mmax: int, in_channels: int
         for m, kind, off, rows, cols in weight_blocks(lmax, mmax, in_channels, out_channels):
             fan_in = cols * (1 if m == 0 else 2)
             weight[off : off + rows * cols].normal_(0.0, gain / math.sqrt(fan_in))
+
+
+def split_so2_weight(weight: torch.Tensor, lmax: int, mmax: int, in_channels: Sequence[int],
+                     out_channels: int) -> List[torch.Tensor]:
+    """A packed weight over concatenated inputs, split into one packed weight per input group.
+
+    ``so2_linear(cat([x_1, .., x_k], dim=2), weight) == sum_k so2_linear(x_k, parts[k])``:
+    lets a layer whose inputs are gathered and rotated per edge run them through
+    ``so2_gather_linear`` without building the concatenation.  Differentiable (the parts
+    are views copied into contiguous buffers).
+
+    Shapes: ``weight[weight_size(lmax, mmax, sum(in_channels), out_channels)]`` ->
+    ``[weight_size(lmax, mmax, in_channels[k], out_channels)]`` for each ``k``.
+    """
+    cin = sum(int(c) for c in in_channels)
+    parts: List[List[torch.Tensor]] = [[] for _ in in_channels]
+    for m, _, off, rows, cols in weight_blocks(lmax, mmax, cin, out_channels):
+        n = lmax - m + 1
+        block = weight[off : off + rows * cols].view(n, out_channels, n, cin)
+        for k, piece in enumerate(block.split(list(in_channels), dim=3)):
+            parts[k].append(piece.reshape(-1))
+    return [torch.cat(p) for p in parts]
 
 
 class SO2Linear(nn.Module):
