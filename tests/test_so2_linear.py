@@ -104,3 +104,25 @@ def test_opcheck(backend):
             args = (x.clone().requires_grad_(True), w.clone().requires_grad_(True),
                     None if m is None else m.clone().requires_grad_(True), 2, 1, 2)
             torch.library.opcheck(torch.ops.so2ops.so2_linear.default, args)
+
+
+@pytest.mark.parametrize("lmax,mmax,groups,cout", [(0, 0, (1, 2), 3), (2, 1, (3, 1, 4), 2), (4, 4, (5, 2, 2), 3),
+                                                   (4, 2, (6,), 5)])
+def test_split_so2_weight(lmax, mmax, groups, cout):
+    """A weight over concatenated inputs equals the sum of its split parts on the inputs
+    (what lets the model fuse each input's gather into so2_gather_linear), gradients too."""
+    from so2ops.nn.so2_linear import split_so2_weight
+
+    g = torch.Generator().manual_seed(lmax + mmax)
+    xs = [torch.randn(5, (lmax + 1) ** 2, c, dtype=torch.float64, generator=g) for c in groups]
+    w = torch.randn(so2ops.weight_size(lmax, mmax, sum(groups), cout), dtype=torch.float64, generator=g,
+                    requires_grad=True)
+    whole = so2ops.reference.so2_linear(torch.cat(xs, 2), w, lmax, mmax, cout)
+    parts = split_so2_weight(w, lmax, mmax, groups, cout)
+    assert [p.numel() for p in parts] == [so2ops.weight_size(lmax, mmax, c, cout) for c in groups]
+    split = sum(so2ops.reference.so2_linear(x, p, lmax, mmax, cout) for x, p in zip(xs, parts))
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-12)
+    r = torch.randn_like(whole)
+    (gw_whole,) = torch.autograd.grad((whole * r).sum(), w)
+    (gw_split,) = torch.autograd.grad((split * r).sum(), w)
+    torch.testing.assert_close(gw_split, gw_whole, rtol=0, atol=1e-12)

@@ -13,6 +13,7 @@ import so2ops
 from so2ops.layout import num_mod
 from so2ops.nn import Gate, SO2LayerNorm, SO2Linear, SO2TensorProduct, init_so2_weight
 from so2ops.nn.reversal import ReversalCommutingLinear, conjugation_signs
+from so2ops.nn.so2_linear import split_so2_weight
 
 
 def radial_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -81,7 +82,7 @@ class PairBlock(nn.Module):
     """Pair features in pair frames, updated by an SO(2) feed-forward block.
 
     ``P += env(r) * L2(Gate(y + TP(y)))`` with ``y = L1([D x_i, D x_j, LN(P)] * radial(r_ij))``;
-    the gathers are fused into ``rotate``.  Options (docs/model.md "Pair path options"):
+    the gathers and rotations are fused into ``L1`` (``so2_gather_linear`` per input).  Options (docs/model.md "Pair path options"):
 
     * ``product`` > 0: the continuous SO(2) tensor product ``TP`` of body order
       ``product`` on ``y``, whose product weights come from the pair's invariants
@@ -101,7 +102,7 @@ class PairBlock(nn.Module):
     def __init__(self, lmax: int, mmax: int, channels: int, pair_channels: int, num_rbf: int,
                  norm: str = "separate", product: int = 0, attr_dim: int = 0, norm_pairs: bool = False):
         super().__init__()
-        self.lmax, self.mmax = lmax, mmax
+        self.lmax, self.mmax, self.channels, self.pair_channels = lmax, mmax, channels, pair_channels
         cin = 2 * channels + pair_channels
         self.cin = cin
         self.norm = SO2LayerNorm(lmax, channels, degrees=norm)
@@ -116,14 +117,19 @@ class PairBlock(nn.Module):
     def forward(self, x, pair_feat, pairs, wigner, rbf, pair_attr=None, envelope=None):
         if pairs.shape[0] == 0:
             return pair_feat
+        L, M, C, Cp = self.lmax, self.mmax, self.channels, self.pair_channels
         h = self.norm(x)
-        xi = so2ops.rotate(h, wigner, self.lmax, index=pairs[:, 0])
-        xj = so2ops.rotate(h, wigner, self.lmax, index=pairs[:, 1])
         p = pair_feat if self.pair_norm is None else self.pair_norm(pair_feat)
-        mod = self.radial(rbf).view(-1, num_mod(self.lmax, self.mmax), self.cin)
+        mod = self.radial(rbf).view(-1, num_mod(L, M), self.cin)
         if mod.shape[0] != pairs.shape[0]:  # one row per unordered pair: the reversed half shares it
             mod = mod.repeat(2, 1, 1)
-        y = self.lin1(torch.cat([xi, xj, p], dim=2), mod)
+        # lin1 on [D x_i, D x_j, p], its weight split by input so that the gathers and
+        # rotations are fused into it (no [pairs, K, 2C + Cp] concatenation); same function
+        w_i, w_j, w_p = split_so2_weight(self.lin1.weight, L, M, (C, C, Cp), Cp)
+        mod_i, mod_j, mod_p = (t.contiguous() for t in mod.split([C, C, Cp], dim=2))
+        y = so2ops.so2_gather_linear(h, wigner, pairs[:, 0], w_i, L, M, Cp, mod_i)
+        y = y + so2ops.so2_gather_linear(h, wigner, pairs[:, 1], w_j, L, M, Cp, mod_j)
+        y = y + so2ops.so2_linear(p, w_p, L, M, Cp, mod_p)
         if self.tp is not None:
             y = y + self.tp(y, pair_attr)
         out = self.lin2(self.gate(y))
