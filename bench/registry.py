@@ -131,6 +131,7 @@ def register(entry: Entry) -> Entry:
 def entries() -> Dict[str, Entry]:
     """All registered entries, in registration order."""
     from . import ops  # noqa: F401  (registers the op entries)
+    from .ops import so2_norm_gate  # noqa: F401  (so2_layer_norm, so2_gate: after the ops of bench/ops/__init__)
     from . import models  # noqa: F401  (registers the model entries)
 
     return dict(_REGISTRY)

@@ -42,6 +42,12 @@ TORCH_LIBRARY(so2ops_C, m) {
       "Tensor? modulation, Tensor? bias, Tensor? scale, int lmax, int mmax, int out_channels, int num_nodes, "
       "bool to_nodes, bool deterministic, bool need_x, bool need_wigner, bool need_weight, bool need_mod, "
       "bool need_bias, bool need_scale) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("so2_layer_norm_forward(Tensor x, Tensor weight, Tensor bias, int lmax, float eps, bool joint) -> Tensor");
+  m.def(
+      "so2_layer_norm_backward(Tensor grad, Tensor x, Tensor weight, int lmax, float eps, bool joint, bool need_x, "
+      "bool need_weight, bool need_bias) -> (Tensor, Tensor, Tensor)");
+  m.def("so2_gate_forward(Tensor x, Tensor logits) -> Tensor");
+  m.def("so2_gate_backward(Tensor grad, Tensor x, Tensor logits, bool need_x, bool need_logits) -> (Tensor, Tensor)");
   m.def("so2_grid_product_forward(Tensor spectral, Tensor coeffs, int mmax, int grid) -> Tensor");
   m.def(
       "so2_grid_product_backward(Tensor grad, Tensor spectral, Tensor coeffs, int mmax, int grid, "

@@ -8,6 +8,8 @@ Public API::
     out    = so2ops.so2_message(x, wigner, edge_index, weight, lmax, mmax, C_out, modulation)
     y      = so2ops.so2_tensor_product(local, w_in, coeffs, w_out, lmax, mmax, C_out)
     H      = so2ops.assemble_blocks(features, wigner, layout, atomic_numbers, items, batch)
+    y      = so2ops.so2_layer_norm(x, weight, bias, lmax, eps, joint)   # SO2LayerNorm, fused
+    y      = so2ops.so2_gate(x, gate_logits)                           # Gate (after its linear), fused
 
 Value checks (index range, finite / nonzero edge vectors) read data on the
 host: on by default for CPU tensors, off for GPU tensors (CUDA graphs,
@@ -22,8 +24,8 @@ from .dispatch import backends, current_backend, use_backend
 from .basis_layout import BasisLayout, e3nn_to_pyscf
 from .block_tables import block_channels
 from .layout import LMAX_SUPPORTED, num_coeffs, num_mod, tp_grid_size, tp_in_size, tp_out_size, weight_size, wigner_size
-from .ops import (HamiltonianIndex, assemble_blocks, edge_wigner, rotate, so2_gather_linear, so2_linear, so2_linear_scatter,
-                  so2_message, so2_tensor_product)
+from .ops import (HamiltonianIndex, assemble_blocks, edge_wigner, rotate, so2_gate, so2_gather_linear, so2_layer_norm,
+                  so2_linear, so2_linear_scatter, so2_message, so2_tensor_product)
 from .reference import wigner_to_dense
 from .validation import set_value_checks, value_checks
 
@@ -50,7 +52,9 @@ __all__ = [
     "reference",
     "rotate",
     "set_value_checks",
+    "so2_gate",
     "so2_gather_linear",
+    "so2_layer_norm",
     "so2_linear",
     "so2_linear_scatter",
     "so2_message",

@@ -4,10 +4,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops.so2_gate import so2_gate
+
 
 class Gate(nn.Module):
     """Scalars through SiLU; each degree ``l > 0`` scaled per channel by a sigmoid
     gate computed from the scalars (invariant, so equivariance holds).
+
+    The gate logits come from an ``nn.Linear`` on ``x[:, 0]``; the sigmoid, the SiLU
+    and the scaling of every degree run in the fused op ``so2ops.so2_gate`` (one
+    kernel forward, one backward; plain-PyTorch math: ``so2ops.reference.so2_gate``).
 
     Shapes: ``[N, (lmax+1)**2, C] -> [N, (lmax+1)**2, C]``.
     """
@@ -18,10 +24,7 @@ class Gate(nn.Module):
         self.gates = nn.Linear(channels, lmax * channels) if lmax > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x[:, 0, :]
-        out = [torch.nn.functional.silu(s)[:, None, :]]
-        if self.gates is not None:
-            g = torch.sigmoid(self.gates(s)).view(-1, self.lmax, self.channels)
-            for l in range(1, self.lmax + 1):
-                out.append(x[:, l * l : (l + 1) ** 2, :] * g[:, l - 1, None, :])
-        return torch.cat(out, dim=1)
+        if self.gates is None:
+            return torch.nn.functional.silu(x[:, :1, :])
+        logits = self.gates(x[:, 0, :]).view(x.shape[0], self.lmax, self.channels)
+        return so2_gate(x, logits)

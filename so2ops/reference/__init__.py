@@ -12,11 +12,15 @@ from .so2_frame_linear import so2_frame_linear
 from .so2_tensor_product import grid_product, so2_tensor_product
 from .assemble_blocks import assemble_blocks
 from .spherical_harmonics import spherical_harmonics
+from .so2_layer_norm import so2_layer_norm
+from .so2_gate import so2_gate
 
 __all__ = [
     "edge_frames",
     "edge_wigner",
     "rotate",
+    "so2_gate",
+    "so2_layer_norm",
     "so2_linear",
     "so2_message",
     "so2_frame_linear",
