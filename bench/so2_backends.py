@@ -33,6 +33,25 @@ def force_backend(name: str):
             os.environ["SO2OPS_BACKEND"] = old
 
 
+class timed_backend:
+    """``use_backend(backend)`` with value checks off, as a re-enterable context object:
+    entered around every timed call (``bench.timer.time_cpu_interleaved`` takes a
+    context factory per row)."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def __enter__(self):
+        self._stack = [so2ops.use_backend(self.backend), so2ops.value_checks(False)]
+        for c in self._stack:
+            c.__enter__()
+
+    def __exit__(self, *exc):
+        for c in reversed(self._stack):
+            c.__exit__(*exc)
+        return False
+
+
 def implemented(op: str, backend: str) -> bool:
     """Whether ``backend`` registered an implementation of ``op``."""
     return backend in implementations(op)

@@ -35,7 +35,7 @@ from so2ops.reference.so2_gate import gate_composition
 
 from .. import inputs as inp
 from ..registry import Entry, Impl, Shape, Workload, register, standard_cases
-from ..so2_backends import backend_impls, leaves
+from ..so2_backends import backend_impls, leaves, timed_backend
 
 EPS = 1e-6
 
@@ -137,23 +137,6 @@ LMAX = 4
 SIZES = ((12, 128), (78, 128), (132, 128), (132, 48))  # (rows N, channels C)
 
 
-class _Ctx:
-    """``use_backend(backend)`` with value checks off: entered around every timed call."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    def __enter__(self):
-        self._stack = [so2ops.use_backend(self.backend), so2ops.value_checks(False)]
-        for c in self._stack:
-            c.__enter__()
-
-    def __exit__(self, *exc):
-        for c in reversed(self._stack):
-            c.__exit__(*exc)
-        return False
-
-
 def _arms(n, c, seed=0):
     """``{(what, arm): (forward, leaves)}``: the norm op and the Gate module, before and after."""
     g = torch.Generator().manual_seed(seed)
@@ -212,11 +195,11 @@ def main(argv=None) -> int:
         for what in ("SO2LayerNorm", "Gate"):
             (f_before, params), (f_after, _) = arms[(what, "before")], arms[(what, "after")]
             # same numbers from both arms, so the timing compares equal work
-            with _Ctx(backend):
+            with timed_backend(backend):
                 torch.testing.assert_close(f_after(), f_before(), rtol=1e-4, atol=1e-4)
             for mode in ("fwd", "fwd+bwd"):
                 runs = [_fwd(f) if mode == "fwd" else _fwdbwd(f, params, grad) for f in (f_before, f_after)]
-                res = time_cpu_interleaved([(run, lambda: _Ctx(backend), budget) for run in runs])
+                res = time_cpu_interleaved([(run, lambda: timed_backend(backend), budget) for run in runs])
                 base = res[0]["median"]
                 for arm, r in zip(("before", "after"), res):
                     rows.append({"module": what, "N": n, "C": c, "mode": mode, "arm": arm, "median_s": r["median"],

@@ -41,6 +41,7 @@ from so2ops.layout import num_coeffs, tp_grid_size, tp_in_size, tp_out_size
 from so2ops.ops._common import autograd_enabled
 from so2ops.reference.so2_tensor_product import from_spectral, to_spectral
 
+from ..so2_backends import timed_backend
 from ..timer import Budget, time_cpu_interleaved
 
 LMAX, MMAX, C, H, NU = 4, 2, 128, 128, 3
@@ -138,23 +139,6 @@ def _fill_calls(run):
     return {k: counts.get(k, 0) for k in ("aten::fill_", "aten::zero_", "aten::zeros_like", "aten::index_put_")}
 
 
-class _Ctx:
-    """``use_backend(backend)`` with value checks off: entered around every timed call."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    def __enter__(self):
-        self._stack = [so2ops.use_backend(self.backend), so2ops.value_checks(False)]
-        for c in self._stack:
-            c.__enter__()
-
-    def __exit__(self, *exc):
-        for c in reversed(self._stack):
-            c.__exit__(*exc)
-        return False
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None)
@@ -175,15 +159,15 @@ def main(argv=None) -> int:
         # same numbers from both arms (float32 tolerance), so the timing compares equal work
         got = {}
         for name, run in steps.items():
-            with _Ctx(backend):
+            with timed_backend(backend):
                 run()
             got[name] = [t.grad.clone() for t in leaves]
         for a, b, what in zip(got["after"], got["before"], ("x", "w_in", "coeffs", "w_out")):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()), msg=f"grad {what}")
-        res = time_cpu_interleaved([(run, lambda: _Ctx(backend), budget) for run in steps.values()])
+        res = time_cpu_interleaved([(run, lambda: timed_backend(backend), budget) for run in steps.values()])
         base = res[0]["median"]
         for name, r in zip(steps, res):
-            with _Ctx(backend):
+            with timed_backend(backend):
                 fills = _fill_calls(steps[name])
             rows.append({"N": n, "arm": name, "backend": backend, "median_s": r["median"], "q20_s": r["q20"],
                          "q80_s": r["q80"], "n": r["n"], "speedup_vs_before": base / r["median"], "calls": fills})

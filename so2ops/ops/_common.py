@@ -41,6 +41,24 @@ def extension_loaded() -> bool:
     return _extension() is not None
 
 
+def register_compiled(op: str, forward: Callable, backward: Callable, symbol: str) -> None:
+    """Register ``forward`` / ``backward`` as op ``op``'s cpu and cuda implementations when the
+    compiled extension has ``torch.ops.so2ops_C.<symbol>``; an extension that loads but
+    lacks it (built before the op existed) gets a warning, never a silent fallback."""
+    if not extension_loaded():
+        return
+    if hasattr(torch.ops.so2ops_C, symbol):
+        from ..dispatch import register_impl
+
+        for backend in ("cpu", "cuda"):
+            register_impl(op, backend, forward, backward)
+        return
+    import warnings
+
+    warnings.warn(f"so2ops._C was built before {op} existed (a stale build): {op} runs on the reference / "
+                  f"triton backends; rebuild the extension (pip install -e .)", RuntimeWarning)
+
+
 def autograd_backward(
     fn: Callable[..., torch.Tensor],
     inputs: Sequence[Optional[torch.Tensor]],

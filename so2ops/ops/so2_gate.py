@@ -7,8 +7,8 @@ from .. import reference
 from ..dispatch import current_backend, register_impl, select, use_backend
 from ..layout import LMAX_SUPPORTED, num_coeffs
 from ..validation import check_float, check_tensor
-from ._common import (autocast_inputs, autograd_backward, distinct_outputs, empty_or, extension_loaded, none_if_empty,
-                      register_fp32_autocast)
+from ._common import (autocast_inputs, autograd_backward, distinct_outputs, empty_or, none_if_empty,
+                      register_compiled, register_fp32_autocast)
 from .double_backward import _common_setup, _gg, vjp_double_backward
 
 
@@ -126,12 +126,4 @@ def _cxx_backward(grad, x, logits, need_x, need_logits):
     return tuple(torch.ops.so2ops_C.so2_gate_backward(grad, x, logits, need_x, need_logits))
 
 
-if extension_loaded():
-    if hasattr(torch.ops.so2ops_C, "so2_gate_forward"):
-        for _b in ("cpu", "cuda"):
-            register_impl("so2_gate", _b, _cxx_forward, _cxx_backward)
-    else:  # an extension built before this op existed: say so, never a silent fallback
-        import warnings
-
-        warnings.warn("so2ops._C was built before so2_gate existed (a stale build): so2_gate runs on the "
-                      "reference / triton backends; rebuild the extension (pip install -e .)", RuntimeWarning)
+register_compiled("so2_gate", _cxx_forward, _cxx_backward, "so2_gate_forward")
