@@ -63,13 +63,16 @@ class ModelConfig:
 #: depth and lmax (128 channels, 5 layers, lmax 4; ~20M parameters in QHNet).
 #: ``md17`` / ``qh9`` use the gated two-layer readout (``readout_hidden=48``): the one
 #: pair-path option that won on the accuracy yardstick (docs/model.md "Pair path
-#: options"); ``tiny`` (the demo's) keeps the original single linear readout.
+#: options"), and the pair stream once per unordered pair (``pair_scheme="tied"``:
+#: 18% less time per training step and a lower held-out error at equal wall clock on
+#: the yardstick); ``tiny`` (the demo's) keeps the original linear readout and the
+#: ordered pair scheme.
 PRESETS: Dict[str, Dict] = {
     "tiny": dict(mmax=2, channels=32, pair_channels=16, layers=2, num_rbf=16, body_order=2, avg_degree=4.0),
     "md17": dict(mmax=2, channels=128, pair_channels=48, layers=5, num_rbf=32, body_order=3, avg_degree=4.0,
-                 readout_hidden=48),
+                 readout_hidden=48, pair_scheme="tied"),
     "qh9": dict(mmax=2, channels=128, pair_channels=48, layers=5, num_rbf=32, body_order=3, avg_degree=8.0,
-                readout_hidden=48),
+                readout_hidden=48, pair_scheme="tied"),
 }
 
 
