@@ -63,6 +63,9 @@ def _same_molecule_distances(pos: torch.Tensor, batch: torch.Tensor) -> torch.Te
     """``[N, N]`` distances, +inf across molecules and on the diagonal (no gradient)."""
     with torch.no_grad():
         d = torch.cdist(pos, pos)
+        # exactly symmetric (cdist's matmul path need not be): the edge set is then symmetric,
+        # which the one-row-per-unordered-edge bookkeeping of build_topology relies on
+        d = torch.minimum(d, d.T)
         d = d.masked_fill(batch[:, None] != batch[None, :], float("inf"))
         d.fill_diagonal_(float("inf"))
     return d
@@ -129,7 +132,10 @@ class GraphTopology:
     ``frame_atom[F]`` / ``frame_nbr[F]`` (atom and neighbour of each candidate frame;
     ``frame_nbr`` only for ``"average"``), ``frame_rank[F]``, ``round_index``: one ``[F_k]``
     tensor per round ``k < frame_rounds``, the candidates of rank ``k`` (ascending);
-    ``nearest[N]`` (``"nearest"`` / ``"soft"``), ``same_molecule[N, N]`` (``"soft"``).
+    ``nearest[N]`` (``"nearest"`` / ``"soft"``), ``same_molecule[N, N]`` (``"soft"``);
+    ``upper_edges[U]``: the edges with source < target (one per unordered edge; the edge
+    set is symmetric) and ``edge_upper[E]``: for every edge the row of its unordered edge
+    in ``upper_edges``, so that per-distance work (radial MLPs) runs once per unordered edge.
     The candidate *set* was chosen from the positions given to ``build_topology``; the
     weights are recomputed from the positions given to ``graph_vectors``.
     """
@@ -147,6 +153,8 @@ class GraphTopology:
     frame_nbr: Optional[torch.Tensor] = None
     nearest: Optional[torch.Tensor] = None
     same_molecule: Optional[torch.Tensor] = None
+    upper_edges: Optional[torch.Tensor] = None
+    edge_upper: Optional[torch.Tensor] = None
 
     @property
     def num_atoms(self) -> int:
@@ -172,12 +180,18 @@ def build_topology(pos: torch.Tensor, batch: torch.Tensor, cutoff: float, pair_c
     d = _same_molecule_distances(pos, batch)
     src, tgt = torch.nonzero(d <= cutoff, as_tuple=True)
     edge_index = torch.stack([src, tgt])
+    # one row per unordered edge: the edges (s, t) with s < t come out of nonzero sorted by
+    # the key s * n + t, so every edge finds its unordered partner's row by a binary search
+    upper_edges = torch.nonzero(src < tgt).squeeze(1)
+    key = torch.minimum(src, tgt) * max(n, 1) + torch.maximum(src, tgt)
+    edge_upper = torch.searchsorted(key[upper_edges], key)
     upper = torch.triu(torch.isfinite(d) if pair_cutoff is None else d <= pair_cutoff, diagonal=1)
     pi, pj = torch.nonzero(upper, as_tuple=True)
     pairs = torch.stack([pi, pj], dim=1)
     has_frame = torch.isfinite(d).any(dim=1) if n else torch.zeros(0, dtype=torch.bool, device=dev)
     common = dict(node_frame=node_frame, frame_temperature=frame_temperature, frame_window=frame_window,
-                  edge_index=edge_index, pairs=pairs, has_frame=has_frame)
+                  edge_index=edge_index, pairs=pairs, has_frame=has_frame, upper_edges=upper_edges,
+                  edge_upper=edge_upper)
     if node_frame == "average":
         frame_atom, frame_nbr = _averaged_candidates(d, has_frame, frame_window)
         counts = torch.bincount(frame_atom, minlength=n)

@@ -23,7 +23,10 @@ def radial_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 class MessageBlock(nn.Module):
     """SO(2) message passing in edge frames: ``x += Gate(sum_e D_e^T L(D_e x_s * radial_e)) / avg_degree``.
 
-    Shapes: ``forward(x[N, K, C], edge_index[2, E], wigner[E, P], rbf[E, R], envelope[E]) -> [N, K, C]``.
+    Shapes: ``forward(x[N, K, C], edge_index[2, E], wigner[E, P], rbf[E', R], envelope[E'],
+    edge_rows=None) -> [N, K, C]``; with ``edge_rows[E]`` the distance features are given once
+    per unordered edge (``E'`` rows) and edge ``e`` uses row ``edge_rows[e]``: the radial MLP
+    runs on ``E'`` rows, not ``E``.
     """
 
     def __init__(self, lmax: int, mmax: int, channels: int, num_rbf: int, avg_degree: float,
@@ -37,11 +40,13 @@ class MessageBlock(nn.Module):
         self.gate = Gate(lmax, channels)
         self.scale = 1.0 / avg_degree
 
-    def forward(self, x, edge_index, wigner, rbf, envelope):
+    def forward(self, x, edge_index, wigner, rbf, envelope, edge_rows=None):
         h = self.norm(x)
         if edge_index.shape[1] == 0:
             return torch.zeros_like(x)
         mod = self.radial(rbf).view(-1, num_mod(self.lmax, self.mmax), self.channels) * envelope[:, None, None]
+        if edge_rows is not None:  # both orientations of an edge share its distance
+            mod = mod[edge_rows]
         msg = so2ops.so2_message(h, wigner, edge_index, self.weight, self.lmax, self.mmax, self.channels, mod)
         return self.gate(msg * self.scale)
 

@@ -307,7 +307,9 @@ class QHNetV2(nn.Module):
             w_pair = torch.cat([w_pair1, w_pair1 * self.reversal_wigner.to(w_pair1.dtype)], 0)
         else:
             w_pair = so2ops.edge_wigner(torch.cat([g.pair_vec, -g.pair_vec], 0), L)
-        r_edge = g.edge_vec.norm(dim=1)
+        # distance features once per unordered edge (both orientations share the distance)
+        edge_rows = topo.edge_upper
+        r_edge = g.edge_vec.norm(dim=1) if edge_rows is None else g.edge_vec[topo.upper_edges].norm(dim=1)
         rbf_e, env_e = self.rbf(r_edge), self.rbf.envelope(r_edge)
         # distance features once per unordered pair (both orientations share the distance);
         # the pair blocks' radial MLPs run on these P rows and repeat them for the reversed half
@@ -317,7 +319,7 @@ class QHNetV2(nn.Module):
         if self.tied_pairs:
             pair_feat = x.new_zeros(n_pairs, num_coeffs(L), cfg.pair_channels)
             for msg, node, pair in zip(self.messages, self.nodes, self.pairs):
-                x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e)
+                x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e, edge_rows)
                 x = x + node(x, w_node, attrs, g.has_frame, f_atom, f_weight)
                 pair_feat = pair_feat + pair(x, pair_feat, topo.pairs, w_pair1, rbf_p, env_p)
         else:
@@ -326,7 +328,7 @@ class QHNetV2(nn.Module):
                          if cfg.pair_product else None)
             pair_feat = x.new_zeros(pairs.shape[0], num_coeffs(L), cfg.pair_channels)
             for msg, node, pair in zip(self.messages, self.nodes, self.pairs):
-                x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e)
+                x = x + msg(x, g.edge_index, w_edge, rbf_e, env_e, edge_rows)
                 x = x + node(x, w_node, attrs, g.has_frame, f_atom, f_weight)
                 pair_feat = pair_feat + pair(x, pair_feat, pairs, w_pair, rbf_p, pair_attr, env_p)
         # readout: diagonal blocks in node frames, off-diagonal blocks in pair frames
