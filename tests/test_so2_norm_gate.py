@@ -93,6 +93,25 @@ def test_gate_matches_reference(backend, device, dtype, lmax, n, c):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_gate_extreme_and_non_finite_values(backend, device, dtype):
+    """Logits and scalars across and beyond the exp range (+-120, +-1e30), +-inf and NaN: the
+    fast exp's clamps give the reference's values (sigmoid(-inf) = 0, silu(-inf) = NaN, NaN
+    stays NaN), up to the float range's last few ulps near exp's overflow."""
+    require(backend, device)
+    vals = torch.tensor([-1e30, -120.0, -100.0, -90.0, -87.5, -30.0, -1.0, 0.0, 2.0, 30.0, 87.5, 90.0, 120.0, 1e30,
+                         float("inf"), float("-inf"), float("nan")], dtype=dtype)
+    n = vals.numel()
+    x = vals[:, None, None].expand(n, 9, 3).contiguous().to(device)  # lmax 2
+    logits = vals.roll(3)[:, None, None].expand(n, 2, 3).contiguous().to(device)
+    expected = so2ops.reference.so2_gate(x, logits)
+    with so2ops.use_backend(backend):
+        actual = so2ops.so2_gate(x, logits)
+    assert torch.equal(actual.isnan(), expected.isnan())
+    torch.testing.assert_close(actual, expected, rtol=TOL[dtype][0], atol=1e-30, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (False, True, True)],
                          ids=["x", "weight", "bias", "weight+bias"])
 def test_layer_norm_partial_gradients(backend, device, needs):

@@ -54,7 +54,10 @@ inline f4 exp4(f4 v) {
   p = p * r + splat(5.0000001201e-1f);
   p = p * r * r + r + splat(1.0f);
   const f4 scale = std::bit_cast<f4>((k + 127) << 23);  // 2^k, -126 <= k <= 127
-  return v != v ? v : p * scale;                       // NaN stays NaN
+  // beyond the float range exp is +inf (so sigmoid(-inf) = 0 and silu(-inf) = NaN, as in
+  // torch), not the clamped exp(88); NaN stays NaN
+  const f4 e = v > splat(88.0f) ? splat(__builtin_inff()) : p * scale;
+  return v != v ? v : e;
 }
 
 //: out[j] = sigmoid(in[j]), 0 <= j < n (out may not alias in).

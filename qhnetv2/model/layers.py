@@ -211,4 +211,9 @@ class GatedReadout(nn.Module):
         self.lin2 = SO2Linear(lmax, lmax, hidden, out_channels, gain=gain)
 
     def forward(self, x, modulation=None):
-        return self.lin2(self.gate(self.lin1(x, modulation)))
+        return self.after_first(self.lin1(x, modulation))
+
+    def after_first(self, y):
+        """Everything after the first layer: ``L2(Gate(y))`` for ``y = L1(x)`` computed
+        elsewhere (the pair readout runs ``L1`` split by input, fused with its gathers)."""
+        return self.lin2(self.gate(y))

@@ -391,7 +391,7 @@ class QHNetV2(nn.Module):
         y = so2ops.so2_linear(pn, w_p, L, L, cout, mod_p)
         y = y + so2ops.so2_gather_linear(xn, w_pair, pairs[:, 0], w_i, L, L, cout, mod_i)
         y = y + so2ops.so2_gather_linear(xn, w_pair, pairs[:, 1], w_j, L, L, cout, mod_j)
-        return self.pair_readout.lin2(self.pair_readout.gate(y)) if gated else y
+        return self.pair_readout.after_first(y) if gated else y
 
     def forward(self, atomic_numbers: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The network output ``[n_ao, n_ao]`` (PySCF AO order, Hartree) of one molecule, a torch tensor.

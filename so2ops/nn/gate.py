@@ -15,7 +15,8 @@ class Gate(nn.Module):
     and the scaling of every degree run in the fused op ``so2ops.so2_gate`` (one
     kernel forward, one backward; plain-PyTorch math: ``so2ops.reference.so2_gate``).
 
-    Shapes: ``[N, (lmax+1)**2, C] -> [N, (lmax+1)**2, C]``.
+    Shapes: ``[N, (lmax+1)**2, C] -> [N, (lmax+1)**2, C]``; float32 / float64 (float16 and
+    bfloat16 only under ``torch.autocast``, computed in float32, as the other so2ops ops).
     """
 
     def __init__(self, lmax: int, channels: int):

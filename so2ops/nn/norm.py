@@ -30,7 +30,8 @@ class SO2LayerNorm(nn.Module):
     the plain-PyTorch math is ``so2ops.reference.so2_layer_norm``, which the
     ``reference`` backend runs).
 
-    Shapes: ``[N, (lmax+1)**2, C] -> [N, (lmax+1)**2, C]``.
+    Shapes: ``[N, (lmax+1)**2, C] -> [N, (lmax+1)**2, C]``; float32 / float64 (float16 and
+    bfloat16 only under ``torch.autocast``, computed in float32, as the other so2ops ops).
     """
 
     def __init__(self, lmax: int, channels: int, eps: float = 1e-6, degrees: str = "separate"):

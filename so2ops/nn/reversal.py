@@ -91,7 +91,8 @@ class ReversalCommutingLinear(SO2Linear):
     """
 
     def __init__(self, lmax: int, mmax: int, in_channels: int, out_channels: int, gain: float = 1.0):
-        # half of each block's inputs survive the mask: scale the fan-in init up by sqrt(2)
+        # about half of each block's inputs survive the mask (2/5 or 3/5 of the degrees per
+        # output degree for lmax 4): scale the fan-in init up by sqrt(2)
         super().__init__(lmax, mmax, in_channels, out_channels, gain=gain * 2 ** 0.5)
         self.register_buffer("mask", commuting_mask(lmax, mmax, in_channels, out_channels).float(), persistent=False)
         with torch.no_grad():

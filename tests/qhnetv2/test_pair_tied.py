@@ -57,10 +57,14 @@ def test_tied_block_is_reversal_covariant(lmax, mmax, norm_pairs):
     rev = block(x, f * P, pairs.flip(1), wig * reversal_wigner_signs(lmax).double(), rbf, env)
     torch.testing.assert_close(rev, f * fwd, rtol=0, atol=1e-12)
     assert (rev - fwd).abs().max() > 1e-3  # F acts: the orientations differ
-    # the convention's frame of -r: a roll of F D on the equator (rows 1, 2), equal to it elsewhere
-    rolled = block(x, f * P, pairs.flip(1), so2ops.edge_wigner(-vec, lmax), rbf, env)
-    torch.testing.assert_close(rolled[[0, 3]], rev[[0, 3]], rtol=0, atol=1e-12)
-    assert (rolled[[1, 2]] - rev[[1, 2]]).abs().max() > 1e-3
+    # the convention's frame of -r: a roll R of F D on the equator (rows 1, 2), equal to it
+    # elsewhere; fed the stream R F P in that frame, the block gives R F times the update
+    w_rev = so2ops.edge_wigner(-vec, lmax)
+    R = so2ops.wigner_to_dense(w_rev, lmax) @ so2ops.wigner_to_dense(wig * reversal_wigner_signs(lmax).double(),
+                                                                     lmax).transpose(1, 2)
+    assert (R[[1, 2]] - torch.eye(K, dtype=torch.float64)).abs().max() > 0.5  # a real roll on the equator
+    rolled = block(x, R @ (f * P), pairs.flip(1), w_rev, rbf, env)
+    torch.testing.assert_close(rolled, R @ (f * fwd), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("scheme", ["ordered", "tied"])
@@ -114,3 +118,43 @@ def test_tied_fewer_parameters_and_gradients_flow():
     (out * torch.randn_like(out)).sum().backward()
     for name, p in tied.pairs[-1].named_parameters():
         assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_tied_batch_equals_molecules_alone(dtype, tol):
+    """A batch (a generic molecule, a single atom, the equator molecule) gives each
+    molecule's own H, permuted atoms inside the batch included; float32 to rounding."""
+    model = build("tied").to(dtype)
+    mols = [(CHO_Z, CHO_POS), (np.array([8]), np.array([[0.3, -0.2, 0.4]])), (PLANAR_Z, PLANAR_POS)]
+    alone = [model.predict(z, p) for z, p in mols]
+    perm = np.array([3, 1, 0, 2])
+    batch = model.predict_many([m[0] for m in mols] + [PLANAR_Z[perm]], [m[1] for m in mols] + [PLANAR_POS[perm]])
+    for a, b in zip(alone, batch):
+        assert rel_err(b, a) < tol
+    idx = ao_permutation(model, PLANAR_Z, perm)
+    assert rel_err(batch[3], alone[2][np.ix_(idx, idx)]) < tol
+
+
+@pytest.mark.parametrize("options", [dict(), dict(readout_hidden=10, element_pair_readout=True)])
+@pytest.mark.parametrize("scheme", ["ordered", "tied"])
+def test_pair_readout_equals_the_module_on_the_concatenation(scheme, options):
+    """The split first layer with fused gathers is the readout module applied to
+    ``[LN(P), D x_i, D x_j]`` (so a change to the module cannot silently skip the pairs)."""
+    model = build(scheme, **options)
+    with torch.no_grad():
+        if model.pair_readout_scale is not None:
+            model.pair_readout_scale.uniform_(0.5, 1.5)
+    g = torch.Generator().manual_seed(4)
+    L, C, Cp = model.config.lmax, model.config.channels, model.config.pair_channels
+    xn = torch.randn(4, (L + 1) ** 2, C, dtype=torch.float64, generator=g)
+    pairs = torch.tensor([[0, 1], [0, 2], [3, 1], [1, 0], [2, 0], [1, 3]])
+    w = so2ops.edge_wigner(torch.randn(6, 3, dtype=torch.float64, generator=g), L)
+    pn = torch.randn(6, (L + 1) ** 2, Cp, dtype=torch.float64, generator=g)
+    mod = None
+    if model.pair_readout_scale is not None:
+        mod = model.pair_readout_scale[torch.tensor([0, 1, 2, 0, 1, 2])]
+    fused = model._pair_readout(pn, xn, pairs, w, mod)
+    xi = so2ops.rotate(xn, w, L, index=pairs[:, 0])
+    xj = so2ops.rotate(xn, w, L, index=pairs[:, 1])
+    plain = model.pair_readout(torch.cat([pn, xi, xj], dim=2), mod)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
