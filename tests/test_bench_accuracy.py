@@ -71,8 +71,9 @@ def test_yardstick_end_to_end(tmp_path):
         assert 6 <= v["steps"] < 2000  # a rate-based budget, not a runaway step count
     text = md.read_text()
     assert "| H MAE (uEh) |" in text and "narrow" in text
-    # the speed rows: both variants timed, forward cheaper than forward+backward
+    # the speed rows: both variants timed (no ordering of the times asserted: on a loaded
+    # machine a 0.05 s timing of the forward can exceed the forward+backward one)
     assert set(doc["speed"]) == {"main", "narrow"} and doc["speed_molecule"] == "water"
     for sp in doc["speed"].values():
-        assert 0 < sp["fwd_s"] < sp["fwdbwd_s"] < 60
+        assert all(math.isfinite(sp[k]) and 0 < sp[k] < 60 for k in ("fwd_s", "fwdbwd_s"))
     assert "fwd+bwd vs main" in text and "1.00x" in text
