@@ -18,7 +18,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <tuple>
@@ -53,7 +52,9 @@ inline f4 exp4(f4 v) {
   p = p * r + splat(1.6666665459e-1f);
   p = p * r + splat(5.0000001201e-1f);
   p = p * r * r + r + splat(1.0f);
-  const f4 scale = std::bit_cast<f4>((k + 127) << 23);  // 2^k, -126 <= k <= 127
+  // 2^k, -126 <= k <= 127: a cast between vector types of one size reinterprets the bits
+  // (GCC / Clang vector extensions; std::bit_cast would need C++20, torch < 2.12 builds C++17)
+  const f4 scale = (f4)((k + 127) << 23);
   // beyond the float range exp is +inf (so sigmoid(-inf) = 0 and silu(-inf) = NaN, as in
   // torch), not the clamped exp(88); NaN stays NaN
   const f4 e = v > splat(88.0f) ? splat(__builtin_inff()) : p * scale;
